@@ -1,0 +1,382 @@
+//! Logical column types and the canonical encoding of values.
+//!
+//! Two copies of a dataset may hold the same logical row in different physical forms:
+//! `12.50` as a PostgreSQL `numeric(12,2)`, `12.5` as a SQLite REAL, `'12.50'` as text in an
+//! untyped SQLite column. The logical type of a column comes from the canonical copy; each
+//! store converts what it reads into a [`Value`] of that type, and [`Value::encode`] writes
+//! one byte string per logical value. Rules:
+//!
+//! - NULL is its own tag, distinct from the empty string and from empty bytes.
+//! - Numbers (integers, decimals, floats) share one encoding, the shortest plain decimal:
+//!   no exponent, no leading zeros, no trailing fractional zeros, `-0` is `0`. A float is
+//!   first written as its shortest round-trip decimal, so `0.1f64` encodes as `0.1`.
+//!   NaN and the infinities are words of their own.
+//! - Timestamps are UTC microseconds since the Unix epoch; dates are days since it.
+//! - JSON is re-serialised with object keys sorted and no insignificant white space.
+//! - Every variable-length payload is length-prefixed, so no two rows share an encoding.
+
+use serde_json::Value as Json;
+
+/// The logical type of a compared column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogicalType {
+    /// True or false.
+    Bool,
+    /// Any exact or approximate number.
+    Number,
+    /// UTF-8 text.
+    Text,
+    /// Raw bytes.
+    Bytes,
+    /// An instant, normalised to UTC microseconds.
+    Timestamp,
+    /// A calendar date.
+    Date,
+    /// A uuid.
+    Uuid,
+    /// A JSON document.
+    Json,
+    /// No declared type: each value keeps the type it was stored with.
+    Any,
+}
+
+/// A normalised value, ready to encode.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// SQL NULL.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// An integer; encodes like the equal decimal.
+    Int(i64),
+    /// A float; encodes like its shortest round-trip decimal.
+    Float(f64),
+    /// A decimal already in canonical form (see [`canonical_decimal`]).
+    Decimal(String),
+    /// Text.
+    Text(String),
+    /// Bytes.
+    Bytes(Vec<u8>),
+    /// UTC microseconds since the epoch.
+    Timestamp(i64),
+    /// Days since the epoch.
+    Date(i32),
+    /// A uuid.
+    Uuid([u8; 16]),
+    /// A JSON document already in canonical form (see [`canonical_json`]).
+    Json(String),
+}
+
+const TAG_NULL: u8 = 0;
+const TAG_BOOL: u8 = 1;
+const TAG_NUMBER: u8 = 2;
+const TAG_TEXT: u8 = 3;
+const TAG_BYTES: u8 = 4;
+const TAG_TIMESTAMP: u8 = 5;
+const TAG_DATE: u8 = 6;
+const TAG_UUID: u8 = 7;
+const TAG_JSON: u8 = 8;
+
+impl Value {
+    /// Appends the canonical encoding of this value to `buf`.
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        match self {
+            Value::Null => buf.push(TAG_NULL),
+            Value::Bool(b) => buf.extend_from_slice(&[TAG_BOOL, *b as u8]),
+            Value::Int(v) => encode_int(*v, buf),
+            Value::Float(f) => encode_float(*f, buf),
+            Value::Decimal(s) => push_var(buf, TAG_NUMBER, s.as_bytes()),
+            Value::Text(s) => push_var(buf, TAG_TEXT, s.as_bytes()),
+            Value::Bytes(b) => push_var(buf, TAG_BYTES, b),
+            Value::Timestamp(us) => {
+                buf.push(TAG_TIMESTAMP);
+                buf.extend_from_slice(&us.to_le_bytes());
+            }
+            Value::Date(d) => {
+                buf.push(TAG_DATE);
+                buf.extend_from_slice(&d.to_le_bytes());
+            }
+            Value::Uuid(u) => {
+                buf.push(TAG_UUID);
+                buf.extend_from_slice(u);
+            }
+            Value::Json(s) => push_var(buf, TAG_JSON, s.as_bytes()),
+        }
+    }
+
+    /// A number parsed from text, or the text itself when it is not a number: a number that
+    /// was stored as text compares equal to the number, and garbage still compares unequal.
+    pub fn number_or_text(s: &str) -> Value {
+        match canonical_decimal(s) {
+            Some(d) => Value::Decimal(d),
+            None => Value::Text(s.to_owned()),
+        }
+    }
+
+    /// A JSON document parsed from text, or the text itself when it is not valid JSON.
+    pub fn json_or_text(s: &str) -> Value {
+        match canonical_json(s) {
+            Some(j) => Value::Json(j),
+            None => Value::Text(s.to_owned()),
+        }
+    }
+}
+
+/// Encodes an integer exactly as [`Value::Int`] would, without building a value.
+pub fn encode_int(v: i64, buf: &mut Vec<u8>) {
+    let mut digits = itoa_buf(v);
+    push_var(buf, TAG_NUMBER, digits.as_bytes_mut());
+}
+
+/// Encodes a float exactly as [`Value::Float`] would, without building a value.
+pub fn encode_float(f: f64, buf: &mut Vec<u8>) {
+    if f.is_nan() {
+        push_var(buf, TAG_NUMBER, b"NaN");
+    } else if f.is_infinite() {
+        push_var(buf, TAG_NUMBER, if f > 0.0 { b"Infinity" } else { b"-Infinity" });
+    } else if f.fract() == 0.0 && f.abs() < 9.0e15 {
+        encode_int(f as i64, buf);
+    } else {
+        // Rust's Display prints the shortest decimal that round-trips, never an exponent.
+        let s = format!("{f}");
+        let canonical = canonical_decimal(&s).unwrap_or(s);
+        push_var(buf, TAG_NUMBER, canonical.as_bytes());
+    }
+}
+
+fn push_var(buf: &mut Vec<u8>, tag: u8, payload: &[u8]) {
+    buf.push(tag);
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+/// A small stack buffer holding the decimal digits of an `i64`.
+struct Digits {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Digits {
+    fn as_bytes_mut(&mut self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+fn itoa_buf(v: i64) -> Digits {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = v.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    Digits { buf, start: i }
+}
+
+/// The largest decimal exponent expanded into plain digits; beyond it a number is treated
+/// as text rather than written out as thousands of zeros.
+const MAX_DECIMAL_EXPONENT: i64 = 400;
+
+/// Normalises a decimal number written as text: optional sign, digits with an optional
+/// point, optional exponent. Returns `None` when `s` is not such a number.
+pub fn canonical_decimal(s: &str) -> Option<String> {
+    let s = s.trim();
+    let (negative, rest) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (mantissa, exponent) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().ok()?),
+        None => (rest, 0),
+    };
+    if exponent.abs() > MAX_DECIMAL_EXPONENT {
+        return None;
+    }
+    let (int_part, frac_part) = match mantissa.find('.') {
+        Some(i) => (&mantissa[..i], &mantissa[i + 1..]),
+        None => (mantissa, ""),
+    };
+    if int_part.is_empty() && frac_part.is_empty()
+        || !int_part.bytes().chain(frac_part.bytes()).all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    // All digits, with the decimal point after `point` of them.
+    let digits: Vec<u8> = int_part.bytes().chain(frac_part.bytes()).collect();
+    let point = int_part.len() as i64 + exponent;
+    let first = digits.iter().position(|&c| c != b'0');
+    let Some(first) = first else {
+        return Some("0".to_owned());
+    };
+    let last = digits.iter().rposition(|&c| c != b'0').unwrap_or(first);
+    let mut out = String::new();
+    if negative {
+        out.push('-');
+    }
+    let first = first as i64;
+    let last = last as i64;
+    if point <= first {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', (first - point) as usize));
+        out.extend(digits[first as usize..=last as usize].iter().map(|&c| c as char));
+    } else {
+        for i in first..point.max(last + 1) {
+            if i == point {
+                out.push('.');
+            }
+            out.push(digits.get(i as usize).map_or('0', |&c| c as char));
+        }
+    }
+    Some(out)
+}
+
+/// Re-serialises a JSON document with object keys sorted and no insignificant white space.
+/// Numbers inside JSON are kept as written; JSON that does not parse gives `None`.
+pub fn canonical_json(s: &str) -> Option<String> {
+    let value: Json = serde_json::from_str(s).ok()?;
+    let mut out = String::with_capacity(s.len());
+    write_sorted(&value, &mut out);
+    Some(out)
+}
+
+fn write_sorted(v: &Json, out: &mut String) {
+    match v {
+        Json::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Json::String(k.clone()).to_string());
+                out.push(':');
+                write_sorted(v, out);
+            }
+            out.push('}');
+        }
+        Json::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_sorted(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn enc(v: &Value) -> Vec<u8> {
+        let mut b = Vec::new();
+        v.encode(&mut b);
+        b
+    }
+
+    #[test]
+    fn decimals_normalise() {
+        for (input, want) in [
+            ("12.50", "12.5"),
+            ("012.5", "12.5"),
+            ("-0.00", "0"),
+            ("+7", "7"),
+            ("1.5e3", "1500"),
+            ("1.5E-3", "0.0015"),
+            (".5", "0.5"),
+            ("5.", "5"),
+            ("100", "100"),
+            ("0.000", "0"),
+            ("-0.010", "-0.01"),
+        ] {
+            assert_eq!(canonical_decimal(input).as_deref(), Some(want), "input {input}");
+        }
+        for bad in ["", "-", ".", "1.2.3", "abc", "1e", "1e999999", "12a"] {
+            assert_eq!(canonical_decimal(bad), None, "input {bad:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_encode_alike_across_representations() {
+        let forms = [
+            Value::Int(42),
+            Value::Float(42.0),
+            Value::number_or_text("42.00"),
+            Value::Decimal("42".into()),
+        ];
+        for f in &forms {
+            assert_eq!(enc(f), enc(&forms[0]), "{f:?}");
+        }
+        assert_eq!(enc(&Value::Float(12.25)), enc(&Value::number_or_text("12.250")));
+        assert_eq!(enc(&Value::Float(0.1)), enc(&Value::number_or_text("0.1")));
+        assert_eq!(enc(&Value::Float(-0.0)), enc(&Value::Int(0)));
+        assert_ne!(enc(&Value::Float(f64::NAN)), enc(&Value::Float(f64::INFINITY)));
+    }
+
+    #[test]
+    fn null_is_not_empty() {
+        assert_ne!(enc(&Value::Null), enc(&Value::Text(String::new())));
+        assert_ne!(enc(&Value::Null), enc(&Value::Bytes(Vec::new())));
+        assert_ne!(enc(&Value::Text(String::new())), enc(&Value::Bytes(Vec::new())));
+    }
+
+    #[test]
+    fn text_that_is_not_a_number_stays_text() {
+        assert_eq!(Value::number_or_text("12 apples"), Value::Text("12 apples".into()));
+    }
+
+    #[test]
+    fn json_keys_sorted() {
+        assert_eq!(
+            canonical_json(r#"{ "b": 1, "a": {"d": [1, 2], "c": null} }"#).unwrap(),
+            r#"{"a":{"c":null,"d":[1,2]},"b":1}"#
+        );
+        assert_eq!(canonical_json("{not json"), None);
+    }
+
+    #[test]
+    fn concatenated_values_cannot_collide() {
+        let mut a = Vec::new();
+        Value::Text("ab".into()).encode(&mut a);
+        Value::Text("c".into()).encode(&mut a);
+        let mut b = Vec::new();
+        Value::Text("a".into()).encode(&mut b);
+        Value::Text("bc".into()).encode(&mut b);
+        assert_ne!(a, b);
+    }
+
+    proptest! {
+        #[test]
+        fn integers_encode_like_their_decimal_text(v in any::<i64>()) {
+            prop_assert_eq!(enc(&Value::Int(v)), enc(&Value::number_or_text(&v.to_string())));
+        }
+
+        #[test]
+        fn floats_encode_like_their_decimal_text(f in any::<f64>().prop_filter("finite", |f| f.is_finite())) {
+            prop_assert_eq!(enc(&Value::Float(f)), enc(&Value::number_or_text(&format!("{f:e}"))));
+        }
+
+        #[test]
+        fn canonical_decimal_is_idempotent(int in 0u64..1_000_000, frac in 0u32..10_000, zeros in 0usize..4) {
+            let s = format!("{int}.{frac:04}{}", "0".repeat(zeros));
+            let once = canonical_decimal(&s).unwrap();
+            prop_assert_eq!(canonical_decimal(&once).unwrap(), once);
+        }
+    }
+}

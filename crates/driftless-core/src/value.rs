@@ -240,6 +240,36 @@ pub fn canonical_decimal(s: &str) -> Option<String> {
     Some(out)
 }
 
+/// Parses a timestamp written as text into UTC microseconds since the epoch. Accepts
+/// RFC 3339 and the SQL forms `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM]]`, with `T` or a space;
+/// a timestamp without an offset is taken as UTC. A bare date is midnight UTC.
+pub fn parse_timestamp(s: &str) -> Option<i64> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime};
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_micros());
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+        if let Ok(t) = DateTime::parse_from_str(s, format) {
+            return Some(t.timestamp_micros());
+        }
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, format) {
+            return Some(t.and_utc().timestamp_micros());
+        }
+    }
+    let date = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+    Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros())
+}
+
+/// Parses a `YYYY-MM-DD` date into days since the epoch.
+pub fn parse_date(s: &str) -> Option<i32> {
+    let date = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").ok()?;
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
+    i32::try_from((date - epoch).num_days()).ok()
+}
+
 /// Re-serialises a JSON document with object keys sorted and no insignificant white space.
 /// Numbers inside JSON are kept as written; JSON that does not parse gives `None`.
 pub fn canonical_json(s: &str) -> Option<String> {
@@ -359,6 +389,24 @@ mod tests {
         Value::Text("a".into()).encode(&mut b);
         Value::Text("bc".into()).encode(&mut b);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn timestamps_normalise_to_utc_micros() {
+        let want = parse_timestamp("2024-03-01T12:00:00Z").unwrap();
+        for form in [
+            "2024-03-01 12:00:00",
+            "2024-03-01 12:00:00.000000",
+            "2024-03-01T13:00:00+01:00",
+            "2024-03-01 14:00:00+02",
+            "2024-03-01 12:00:00+00:00",
+        ] {
+            assert_eq!(parse_timestamp(form), Some(want), "{form}");
+        }
+        assert_eq!(parse_timestamp("2024-03-01 12:00:00.5").unwrap() - want, 500_000);
+        assert_eq!(parse_timestamp("1970-01-01"), Some(0));
+        assert_eq!(parse_timestamp("yesterday"), None);
+        assert_eq!(parse_date("1970-01-02"), Some(1));
     }
 
     proptest! {

@@ -129,7 +129,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Checks that this copy has every column of `schema` (resolved on canonical).
     async fn check_schema(&self, schema: &Schema) -> Result<(), StoreError>;
 
-    /// About `max` keys sampled across the whole copy, and its row count.
+    /// About `max` keys sampled across the whole copy, and its row count. With `max == 0`
+    /// only the row count is wanted, and a store should not read keys at all.
     async fn sample_keys(&self, schema: &Schema, max: usize) -> Result<Sample, StoreError>;
 
     /// The `(key, digest)` pairs of `range`, in key order. A store verifies its order and

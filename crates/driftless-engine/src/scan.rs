@@ -1,0 +1,213 @@
+//! One dataset's scan: boundaries, trees, comparison, named divergences.
+//!
+//! The canonical tree is built once per dataset and every stage is compared against it.
+//! Copies are digested concurrently, each on its own task, so a scan of canonical and one
+//! stage keeps both cores busy. Only the ranges whose leaves differ are read a second time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use driftless_core::{Boundaries, KeyRange, RowHasher, Tree, merge_join};
+use driftless_store::{Progress, Schema, Store, StoreError};
+use futures::future::try_join_all;
+use tracing::{debug, info};
+
+use crate::report::{DatasetReport, DivergenceReport, StageReport};
+
+/// Rows a leaf should hold on average. Small leaves make re-reads of divergent ranges
+/// cheap; many leaves make trees larger. A thousand rows per leaf keeps both small.
+pub const DEFAULT_ROWS_PER_LEAF: u64 = 1000;
+/// The most leaves a tree gets, whatever the row count.
+const MAX_LEAVES: u64 = 1 << 16;
+/// Sampled keys per leaf: more samples give more even quantiles.
+const SAMPLES_PER_LEAF: u64 = 8;
+
+/// A named copy of a dataset.
+#[derive(Clone, Debug)]
+pub struct CopyRef {
+    /// The stage's name.
+    pub name: String,
+    /// Where it lives.
+    pub store: Arc<dyn Store>,
+}
+
+/// Everything a scan of one dataset needs.
+#[derive(Clone, Debug)]
+pub struct DatasetPlan {
+    /// The dataset's name.
+    pub name: String,
+    /// Key columns; empty for the store's own key.
+    pub key: Vec<String>,
+    /// Compared columns; `None` for all non-key columns.
+    pub columns: Option<Vec<String>>,
+    /// The canonical copy.
+    pub canonical: Arc<dyn Store>,
+    /// The stages, in channel order.
+    pub stages: Vec<CopyRef>,
+    /// The row hasher every copy is digested with.
+    pub hasher: RowHasher,
+}
+
+/// Knobs and progress counters of a scan.
+#[derive(Clone, Debug)]
+pub struct ScanOptions {
+    /// Average rows per leaf.
+    pub rows_per_leaf: u64,
+    /// Rows digested so far, over all copies.
+    pub progress: Arc<Progress>,
+    /// Rows the scan expects to digest, known after sampling; for progress bars.
+    pub expected_rows: Arc<AtomicU64>,
+}
+
+impl Default for ScanOptions {
+    fn default() -> ScanOptions {
+        ScanOptions {
+            rows_per_leaf: DEFAULT_ROWS_PER_LEAF,
+            progress: Arc::default(),
+            expected_rows: Arc::default(),
+        }
+    }
+}
+
+/// A scan failed; the message names the dataset and the copy.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A store failed.
+    #[error("dataset {dataset:?}, {copy}: {source}")]
+    Store {
+        /// The dataset.
+        dataset: String,
+        /// `canonical copy` or `stage "name"`.
+        copy: String,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+    /// A digest task panicked or was cancelled.
+    #[error("dataset {dataset:?}, {copy}: digest task failed: {reason}")]
+    Task {
+        /// The dataset.
+        dataset: String,
+        /// Which copy's task.
+        copy: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+fn canonical_label() -> String {
+    "canonical copy".to_owned()
+}
+
+fn stage_label(name: &str) -> String {
+    format!("stage {name:?}")
+}
+
+/// Scans one dataset: every stage compared with canonical. Writes nothing.
+pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<DatasetReport, EngineError> {
+    let store_err = |copy: String| {
+        let dataset = plan.name.clone();
+        move |source| EngineError::Store { dataset: dataset.clone(), copy: copy.clone(), source }
+    };
+    let schema = plan
+        .canonical
+        .schema(&plan.key, plan.columns.as_deref())
+        .await
+        .map_err(store_err(canonical_label()))?;
+    try_join_all(plan.stages.iter().map(|s| async {
+        s.store.check_schema(&schema).await.map_err(store_err(stage_label(&s.name)))
+    }))
+    .await?;
+
+    let leaves_wanted = |rows: u64| (rows / options.rows_per_leaf.max(1)).clamp(1, MAX_LEAVES);
+    let estimate = plan.canonical.sample_keys(&schema, 0).await.map_err(store_err(canonical_label()))?.rows;
+    let sample_size = (leaves_wanted(estimate) * SAMPLES_PER_LEAF) as usize;
+    let sample = plan.canonical.sample_keys(&schema, sample_size).await.map_err(store_err(canonical_label()))?;
+    let boundaries = Boundaries::from_sample(sample.keys, leaves_wanted(sample.rows) as usize);
+    options.expected_rows.fetch_add(sample.rows * (1 + plan.stages.len() as u64), Ordering::Relaxed);
+    debug!(dataset = %plan.name, rows = sample.rows, leaves = boundaries.leaf_count(), "boundaries chosen");
+
+    let schema = Arc::new(schema);
+    let boundaries = Arc::new(boundaries);
+    let copies = std::iter::once((canonical_label(), plan.canonical.clone()))
+        .chain(plan.stages.iter().map(|s| (stage_label(&s.name), s.store.clone())));
+    let trees = try_join_all(copies.map(|(label, store)| {
+        let (schema, boundaries, hasher) = (schema.clone(), boundaries.clone(), plan.hasher.clone());
+        let progress = options.progress.clone();
+        let task = tokio::spawn(async move { store.tree(&schema, &boundaries, &hasher, &progress).await });
+        let dataset = plan.name.clone();
+        async move {
+            match task.await {
+                Ok(tree) => tree.map_err(|source| EngineError::Store { dataset, copy: label, source }),
+                Err(e) => Err(EngineError::Task { dataset, copy: label, reason: e.to_string() }),
+            }
+        }
+    }))
+    .await?;
+
+    let (canonical_tree, stage_trees) = trees.split_first().expect("the canonical tree is always built");
+    let stages = try_join_all(plan.stages.iter().zip(stage_trees).map(|(stage, tree)| {
+        compare_stage(plan, &schema, &boundaries, canonical_tree, stage, tree, options)
+    }))
+    .await?;
+    Ok(DatasetReport { dataset: plan.name.clone(), stages })
+}
+
+/// Compares one stage's tree with canonical and names the divergent keys of the leaves
+/// that differ.
+async fn compare_stage(
+    plan: &DatasetPlan,
+    schema: &Schema,
+    boundaries: &Boundaries,
+    canonical_tree: &Tree,
+    stage: &CopyRef,
+    stage_tree: &Tree,
+    options: &ScanOptions,
+) -> Result<StageReport, EngineError> {
+    let leaves = canonical_tree.diff(stage_tree);
+    let ranges = boundaries.coalesce(&leaves);
+    info!(dataset = %plan.name, stage = %stage.name, leaves = leaves.len(), ranges = ranges.len(), "comparing divergent ranges");
+    let mut divergences = Vec::new();
+    for range in ranges {
+        divergences.extend(diff_range(plan, schema, stage, range, &options.progress).await?);
+    }
+    let key_names = schema.key_names();
+    let divergences: Vec<DivergenceReport> = divergences
+        .into_iter()
+        .map(|d| DivergenceReport { key: d.key.to_json(&key_names), kind: d.kind.as_str() })
+        .collect();
+    Ok(StageReport {
+        stage: stage.name.clone(),
+        canonical_rows: canonical_tree.root().count,
+        stage_rows: stage_tree.root().count,
+        divergent: divergences.len() as u64,
+        repaired: 0,
+        divergences,
+    })
+}
+
+/// Reads one range from canonical and the stage and merge-joins them.
+async fn diff_range(
+    plan: &DatasetPlan,
+    schema: &Schema,
+    stage: &CopyRef,
+    range: KeyRange,
+    progress: &Progress,
+) -> Result<Vec<driftless_core::Divergence>, EngineError> {
+    let err = |copy: String| {
+        let dataset = plan.name.clone();
+        move |source| EngineError::Store { dataset, copy, source }
+    };
+    let (canonical_rows, stage_rows) = tokio::try_join!(
+        async {
+            plan.canonical
+                .scan_collect(schema, range.clone(), &plan.hasher, progress)
+                .await
+                .map_err(err(canonical_label()))
+        },
+        async {
+            stage.store.scan_collect(schema, range.clone(), &plan.hasher, progress).await.map_err(err(stage_label(&stage.name)))
+        },
+    )?;
+    Ok(merge_join(canonical_rows, stage_rows))
+}

@@ -1,0 +1,75 @@
+//! The report as a table for people or as the JSON contract for tools.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use anyhow::{Context, Result};
+use driftless_engine::RunReport;
+
+use crate::run::default_is_table;
+use crate::{OutputArgs, ReportFormat};
+
+/// Divergent keys listed per stage in the table; the JSON report lists all.
+const TABLE_KEYS_PER_STAGE: usize = 20;
+
+/// Writes the report where and how `output` says.
+pub fn write(report: &RunReport, output: &OutputArgs) -> Result<()> {
+    let format = output.report.unwrap_or(if default_is_table(output) { ReportFormat::Table } else { ReportFormat::Json });
+    let text = match format {
+        ReportFormat::Json => serde_json::to_string_pretty(report).context("serialising the report")? + "\n",
+        ReportFormat::Table => table(report),
+    };
+    match &output.out {
+        Some(path) => std::fs::write(path, text).with_context(|| format!("cannot write report to {}", path.display())),
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes()).and_then(|_| out.flush()).context("writing the report")
+        }
+    }
+}
+
+/// The report as aligned text: one line per stage, then its first divergent keys.
+pub fn table(report: &RunReport) -> String {
+    let mut s = String::new();
+    // Writing to a String cannot fail, here and below.
+    writeln!(s, "run {}, mode {}", report.run_id, serde_json::to_value(report.mode).unwrap_or_default().as_str().unwrap_or("?")).unwrap();
+    let header = ["dataset", "stage", "canonical", "stage rows", "divergent", "repaired", "status"];
+    let mut rows: Vec<[String; 7]> = Vec::new();
+    for d in &report.datasets {
+        for st in &d.stages {
+            let status = if st.divergent > st.repaired { "DRIFT" } else { "ok" };
+            rows.push([
+                d.dataset.clone(),
+                st.stage.clone(),
+                st.canonical_rows.to_string(),
+                st.stage_rows.to_string(),
+                st.divergent.to_string(),
+                st.repaired.to_string(),
+                status.into(),
+            ]);
+        }
+    }
+    let widths: Vec<usize> =
+        (0..header.len()).map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0)).collect();
+    let line = |cells: &[&str]| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        padded.join("  ").trim_end().to_owned()
+    };
+    writeln!(s, "{}", line(&header)).unwrap();
+    for r in &rows {
+        writeln!(s, "{}", line(&r.iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
+    }
+    for d in &report.datasets {
+        for st in d.stages.iter().filter(|st| st.divergent > 0) {
+            writeln!(s, "\n{} / {}:", d.dataset, st.stage).unwrap();
+            for div in st.divergences.iter().take(TABLE_KEYS_PER_STAGE) {
+                writeln!(s, "  {:<9} {}", div.kind, div.key).unwrap();
+            }
+            if st.divergences.len() > TABLE_KEYS_PER_STAGE {
+                writeln!(s, "  ... and {} more (use --report json for all)", st.divergences.len() - TABLE_KEYS_PER_STAGE)
+                    .unwrap();
+            }
+        }
+    }
+    s
+}

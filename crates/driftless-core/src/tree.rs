@@ -226,28 +226,30 @@ impl Tree {
 }
 
 /// Accumulates rows into leaves as a scan streams them. Rows usually arrive in key order,
-/// so the current leaf is checked first and the binary search is the rare path.
+/// so the current leaf is checked first and the binary search is the rare path. `B` is
+/// `&Boundaries` or an owned or shared `Boundaries`, for builders that must be `'static`.
 #[derive(Debug)]
-pub struct LeafBuilder<'b> {
-    boundaries: &'b Boundaries,
+pub struct LeafBuilder<B> {
+    boundaries: B,
     leaves: Vec<Aggregate>,
     current: usize,
 }
 
-impl<'b> LeafBuilder<'b> {
+impl<B: AsRef<Boundaries>> LeafBuilder<B> {
     /// An empty builder over `boundaries`.
-    pub fn new(boundaries: &'b Boundaries) -> LeafBuilder<'b> {
-        LeafBuilder { boundaries, leaves: vec![Aggregate::default(); boundaries.leaf_count()], current: 0 }
+    pub fn new(boundaries: B) -> LeafBuilder<B> {
+        let leaves = vec![Aggregate::default(); boundaries.as_ref().leaf_count()];
+        LeafBuilder { boundaries, leaves, current: 0 }
     }
 
     /// Adds one row.
     #[inline]
     pub fn add(&mut self, key: &Key, digest: Digest) {
-        let keys = self.boundaries.keys();
+        let keys = self.boundaries.as_ref().keys();
         let in_current = self.current.checked_sub(1).is_none_or(|j| &keys[j] <= key)
             && keys.get(self.current).is_none_or(|hi| key < hi);
         if !in_current {
-            self.current = self.boundaries.leaf_of(key);
+            self.current = self.boundaries.as_ref().leaf_of(key);
         }
         self.leaves[self.current].add(digest);
     }
@@ -255,6 +257,12 @@ impl<'b> LeafBuilder<'b> {
     /// The finished tree.
     pub fn finish(self) -> Tree {
         Tree::from_leaves(self.leaves)
+    }
+}
+
+impl AsRef<Boundaries> for Boundaries {
+    fn as_ref(&self) -> &Boundaries {
+        self
     }
 }
 

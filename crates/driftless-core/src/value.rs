@@ -82,17 +82,14 @@ impl Value {
     /// Appends the canonical encoding of this value to `buf`.
     pub fn encode(&self, buf: &mut Vec<u8>) {
         match self {
-            Value::Null => buf.push(TAG_NULL),
-            Value::Bool(b) => buf.extend_from_slice(&[TAG_BOOL, *b as u8]),
+            Value::Null => encode_null(buf),
+            Value::Bool(b) => encode_bool(*b, buf),
             Value::Int(v) => encode_int(*v, buf),
             Value::Float(f) => encode_float(*f, buf),
             Value::Decimal(s) => push_var(buf, TAG_NUMBER, s.as_bytes()),
-            Value::Text(s) => push_var(buf, TAG_TEXT, s.as_bytes()),
-            Value::Bytes(b) => push_var(buf, TAG_BYTES, b),
-            Value::Timestamp(us) => {
-                buf.push(TAG_TIMESTAMP);
-                buf.extend_from_slice(&us.to_le_bytes());
-            }
+            Value::Text(s) => encode_text(s.as_bytes(), buf),
+            Value::Bytes(b) => encode_bytes(b, buf),
+            Value::Timestamp(us) => encode_timestamp(*us, buf),
             Value::Date(d) => {
                 buf.push(TAG_DATE);
                 buf.extend_from_slice(&d.to_le_bytes());
@@ -123,13 +120,42 @@ impl Value {
     }
 }
 
-/// Encodes an integer exactly as [`Value::Int`] would, without building a value.
+// The `encode_*` functions write what [`Value::encode`] writes for the matching variant,
+// without building a value: stores call them on the hot path of a scan.
+
+/// Encodes NULL.
+pub fn encode_null(buf: &mut Vec<u8>) {
+    buf.push(TAG_NULL);
+}
+
+/// Encodes a boolean.
+pub fn encode_bool(b: bool, buf: &mut Vec<u8>) {
+    buf.extend_from_slice(&[TAG_BOOL, b as u8]);
+}
+
+/// Encodes text given as its UTF-8 bytes.
+pub fn encode_text(s: &[u8], buf: &mut Vec<u8>) {
+    push_var(buf, TAG_TEXT, s);
+}
+
+/// Encodes bytes.
+pub fn encode_bytes(b: &[u8], buf: &mut Vec<u8>) {
+    push_var(buf, TAG_BYTES, b);
+}
+
+/// Encodes a timestamp in UTC microseconds.
+pub fn encode_timestamp(us: i64, buf: &mut Vec<u8>) {
+    buf.push(TAG_TIMESTAMP);
+    buf.extend_from_slice(&us.to_le_bytes());
+}
+
+/// Encodes an integer.
 pub fn encode_int(v: i64, buf: &mut Vec<u8>) {
     let mut digits = itoa_buf(v);
     push_var(buf, TAG_NUMBER, digits.as_bytes_mut());
 }
 
-/// Encodes a float exactly as [`Value::Float`] would, without building a value.
+/// Encodes a float.
 pub fn encode_float(f: f64, buf: &mut Vec<u8>) {
     if f.is_nan() {
         push_var(buf, TAG_NUMBER, b"NaN");
@@ -138,10 +164,16 @@ pub fn encode_float(f: f64, buf: &mut Vec<u8>) {
     } else if f.fract() == 0.0 && f.abs() < 9.0e15 {
         encode_int(f as i64, buf);
     } else {
-        // Rust's Display prints the shortest decimal that round-trips, never an exponent.
-        let s = format!("{f}");
-        let canonical = canonical_decimal(&s).unwrap_or(s);
-        push_var(buf, TAG_NUMBER, canonical.as_bytes());
+        // Rust's Display prints the shortest decimal that round-trips, with no exponent and
+        // no trailing zeros: already canonical (negative zero took the integer branch).
+        // The longest such output (the smallest subnormal) is under 330 bytes.
+        let mut text = [0u8; 400];
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        use std::io::Write as _;
+        // The buffer is large enough for any finite f64, so the write cannot fail.
+        write!(cursor, "{f}").expect("f64 fits in 400 bytes");
+        let len = cursor.position() as usize;
+        push_var(buf, TAG_NUMBER, &text[..len]);
     }
 }
 
@@ -246,6 +278,9 @@ pub fn canonical_decimal(s: &str) -> Option<String> {
 pub fn parse_timestamp(s: &str) -> Option<i64> {
     use chrono::{DateTime, NaiveDate, NaiveDateTime};
     let s = s.trim();
+    if let Some(us) = fast_timestamp(s.as_bytes()) {
+        return Some(us);
+    }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.timestamp_micros());
     }
@@ -261,6 +296,69 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     }
     let date = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
     Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros())
+}
+
+/// The common fixed-width forms, `YYYY-MM-DD[ T]HH:MM:SS[.f{1,9}][Z|+HH[:MM]|-HH[:MM]]`,
+/// parsed without allocating; `None` sends anything else to the general parser.
+fn fast_timestamp(b: &[u8]) -> Option<i64> {
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let digits = b.get(range)?;
+        digits.iter().try_fold(0i64, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0')))
+    };
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b' ' | b'T') || b[13] != b':' || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut micros = 0i64;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        let frac = num(start..i)?;
+        micros = if digits <= 6 { frac * 10i64.pow(6 - digits as u32) } else { frac / 10i64.pow(digits as u32 - 6) };
+    }
+    let offset_secs = match b.get(i) {
+        None => 0,
+        Some(b'Z') if i + 1 == b.len() => 0,
+        Some(&sign @ (b'+' | b'-')) => {
+            let hours = num(i + 1..i + 3)?;
+            let minutes = match b.len() - (i + 3) {
+                0 => 0,
+                3 if b[i + 3] == b':' => num(i + 4..i + 6)?,
+                2 => num(i + 3..i + 5)?,
+                _ => return None,
+            };
+            let secs = hours * 3600 + minutes * 60;
+            if sign == b'+' { secs } else { -secs }
+        }
+        Some(_) => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    Some(secs * 1_000_000 + micros)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Parses a `YYYY-MM-DD` date into days since the epoch.
@@ -410,6 +508,17 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn fast_timestamp_agrees_with_chrono(secs in -62_000_000_000i64..250_000_000_000, micros in 0u32..1_000_000, offset_min in -900i32..900) {
+            use chrono::{DateTime, FixedOffset};
+            let tz = FixedOffset::east_opt(offset_min * 60).unwrap();
+            let t = DateTime::from_timestamp(secs, micros * 1000).unwrap().with_timezone(&tz);
+            let text = t.format("%Y-%m-%d %H:%M:%S%.6f%:z").to_string();
+            prop_assert_eq!(fast_timestamp(text.as_bytes()), Some(t.timestamp_micros()), "{}", text);
+            let naive = t.naive_utc().format("%Y-%m-%dT%H:%M:%S%.f").to_string();
+            prop_assert_eq!(fast_timestamp(naive.as_bytes()), Some(t.timestamp_micros()), "{}", naive);
+        }
+
         #[test]
         fn integers_encode_like_their_decimal_text(v in any::<i64>()) {
             prop_assert_eq!(enc(&Value::Int(v)), enc(&Value::number_or_text(&v.to_string())));

@@ -54,7 +54,7 @@ pub struct ScanOptions {
     /// Average rows per leaf.
     pub rows_per_leaf: u64,
     /// Rows digested so far, over all copies.
-    pub progress: Arc<Progress>,
+    pub progress: Progress,
     /// Rows the scan expects to digest, known after sampling; for progress bars.
     pub expected_rows: Arc<AtomicU64>,
 }

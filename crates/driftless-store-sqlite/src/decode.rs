@@ -9,31 +9,7 @@
 use driftless_core::key::{KeyBuilder, parse_uuid};
 use driftless_core::value::{canonical_decimal, parse_date, parse_timestamp};
 use driftless_core::{LogicalType, Value};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, TypeInfo, ValueRef};
-
-/// SQLite's storage class of one value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Class {
-    Null,
-    Integer,
-    Real,
-    Text,
-    Blob,
-}
-
-fn class(row: &SqliteRow, i: usize) -> Class {
-    let Ok(raw) = row.try_get_raw(i) else { return Class::Null };
-    if raw.is_null() {
-        return Class::Null;
-    }
-    match raw.type_info().name() {
-        "INTEGER" | "BOOLEAN" | "INT8" => Class::Integer,
-        "REAL" => Class::Real,
-        "BLOB" => Class::Blob,
-        _ => Class::Text,
-    }
-}
+use rusqlite::types::ValueRef;
 
 /// The logical type of a declared column type, following SQLite's affinity rules and
 /// recognising the names applications use for richer types.
@@ -63,50 +39,68 @@ pub fn logical_type(declared: &str) -> LogicalType {
     }
 }
 
-/// Appends key column `i` of `row` to `key`. Keys are integers, text, uuids or bytes, never
+/// Appends one key column's value to `key`. Keys are integers, text, uuids or bytes, never
 /// NULL and never REAL (a float key has no exact bytewise order in every database).
-pub fn push_key(key: &mut KeyBuilder, row: &SqliteRow, i: usize, ty: LogicalType) -> Result<(), String> {
-    match class(row, i) {
-        Class::Integer => key.push_int(get(row, i)),
-        Class::Text => {
-            let s: &str = get(row, i);
-            match (ty, parse_uuid(s)) {
-                (LogicalType::Uuid, Some(u)) => key.push_uuid(&u),
-                (LogicalType::Uuid, None) => return Err(format!("{s:?} is not a uuid")),
-                _ => key.push_text(s.as_bytes()),
-            }
-        }
-        Class::Blob => {
-            let b: &[u8] = get(row, i);
-            match (ty, <[u8; 16]>::try_from(b)) {
-                (LogicalType::Uuid, Ok(u)) => key.push_uuid(&u),
-                _ => key.push_bytes(b),
-            }
-        }
-        Class::Null => return Err("NULL in a key column".into()),
-        Class::Real => return Err("REAL value in a key column; keys must be integer, text, uuid or bytes".into()),
+pub fn push_key(key: &mut KeyBuilder, raw: ValueRef<'_>, ty: LogicalType) -> Result<(), String> {
+    match raw {
+        ValueRef::Integer(v) => key.push_int(v),
+        ValueRef::Text(bytes) => match (ty, std::str::from_utf8(bytes).ok().and_then(parse_uuid)) {
+            (LogicalType::Uuid, Some(u)) => key.push_uuid(&u),
+            (LogicalType::Uuid, None) => return Err(format!("{:?} is not a uuid", String::from_utf8_lossy(bytes))),
+            _ => key.push_text(bytes),
+        },
+        ValueRef::Blob(b) => match (ty, <[u8; 16]>::try_from(b)) {
+            (LogicalType::Uuid, Ok(u)) => key.push_uuid(&u),
+            _ => key.push_bytes(b),
+        },
+        ValueRef::Null => return Err("NULL in a key column".into()),
+        ValueRef::Real(_) => return Err("REAL value in a key column; keys must be integer, text, uuid or bytes".into()),
     }
     Ok(())
 }
 
-/// Column `i` of `row` as a value of logical type `ty`.
-pub fn value(row: &SqliteRow, i: usize, ty: LogicalType) -> Value {
-    let class = class(row, i);
-    match (class, ty) {
-        (Class::Null, _) => Value::Null,
-        (Class::Integer, LogicalType::Bool) => Value::Bool(get::<i64>(row, i) != 0),
-        (Class::Integer, LogicalType::Timestamp) => Value::Timestamp(get::<i64>(row, i).saturating_mul(1_000_000)),
-        (Class::Integer, LogicalType::Text) => Value::Text(get::<i64>(row, i).to_string()),
-        (Class::Integer, _) => Value::Int(get(row, i)),
-        (Class::Real, LogicalType::Timestamp) => Value::Timestamp((get::<f64>(row, i) * 1e6).round() as i64),
-        (Class::Real, LogicalType::Text) => Value::Text(get::<f64>(row, i).to_string()),
-        (Class::Real, _) => Value::Float(get(row, i)),
-        (Class::Blob, LogicalType::Uuid) => {
-            let b: &[u8] = get(row, i);
+/// One column's value as a value of logical type `ty`.
+pub fn value(raw: ValueRef<'_>, ty: LogicalType) -> Value {
+    match (raw, ty) {
+        (ValueRef::Null, _) => Value::Null,
+        (ValueRef::Integer(v), LogicalType::Bool) => Value::Bool(v != 0),
+        (ValueRef::Integer(v), LogicalType::Timestamp) => Value::Timestamp(v.saturating_mul(1_000_000)),
+        (ValueRef::Integer(v), LogicalType::Text) => Value::Text(v.to_string()),
+        (ValueRef::Integer(v), _) => Value::Int(v),
+        (ValueRef::Real(f), LogicalType::Timestamp) => Value::Timestamp((f * 1e6).round() as i64),
+        (ValueRef::Real(f), LogicalType::Text) => Value::Text(f.to_string()),
+        (ValueRef::Real(f), _) => Value::Float(f),
+        (ValueRef::Blob(b), LogicalType::Uuid) => {
             <[u8; 16]>::try_from(b).map_or_else(|_| Value::Bytes(b.to_vec()), Value::Uuid)
         }
-        (Class::Blob, _) => Value::Bytes(get::<&[u8]>(row, i).to_vec()),
-        (Class::Text, ty) => text_value(get(row, i), ty),
+        (ValueRef::Blob(b), _) => Value::Bytes(b.to_vec()),
+        (ValueRef::Text(bytes), ty) => match std::str::from_utf8(bytes) {
+            Ok(s) => text_value(s, ty),
+            // Invalid UTF-8 in a TEXT value: compare the bytes themselves.
+            Err(_) => Value::Bytes(bytes.to_vec()),
+        },
+    }
+}
+
+/// Appends the canonical encoding of one column's value to `buf`: exactly what
+/// `value(raw, ty).encode(buf)` appends, without building a [`Value`] in the common cases.
+pub fn encode(raw: ValueRef<'_>, ty: LogicalType, buf: &mut Vec<u8>) {
+    use driftless_core::value::{encode_bytes, encode_float, encode_int, encode_null, encode_text, encode_timestamp};
+    match (raw, ty) {
+        (ValueRef::Null, _) => encode_null(buf),
+        (ValueRef::Integer(v), LogicalType::Number | LogicalType::Any) => encode_int(v, buf),
+        (ValueRef::Real(f), LogicalType::Number | LogicalType::Any) => encode_float(f, buf),
+        (ValueRef::Blob(b), ty) if ty != LogicalType::Uuid => encode_bytes(b, buf),
+        (ValueRef::Text(t), LogicalType::Text | LogicalType::Any | LogicalType::Bytes) if std::str::from_utf8(t).is_ok() => {
+            encode_text(t, buf)
+        }
+        (ValueRef::Text(t), LogicalType::Timestamp) => {
+            match std::str::from_utf8(t).ok().and_then(parse_timestamp) {
+                Some(us) => encode_timestamp(us, buf),
+                None => value(raw, ty).encode(buf),
+            }
+        }
+        _ => value(raw, ty).encode(buf),
     }
 }
 
@@ -128,11 +122,69 @@ fn text_value(s: &str, ty: LogicalType) -> Value {
     parsed.unwrap_or_else(|| Value::Text(s.to_owned()))
 }
 
-/// Reads column `i` as `T`. The storage class was checked first, so decoding cannot fail
-/// except on invalid UTF-8 in TEXT, which reads as the replacement of its bytes.
-fn get<'r, T>(row: &'r SqliteRow, i: usize) -> T
-where
-    T: sqlx::Decode<'r, sqlx::Sqlite> + Default,
-{
-    row.try_get_unchecked::<T, _>(i).unwrap_or_default()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_encoding_matches_values() {
+        let raws = [
+            ValueRef::Null,
+            ValueRef::Integer(-42),
+            ValueRef::Integer(1),
+            ValueRef::Real(12.25),
+            ValueRef::Real(-0.0),
+            ValueRef::Text(b"12.50"),
+            ValueRef::Text(b""),
+            ValueRef::Text(b"true"),
+            ValueRef::Text(b"2024-03-01 12:00:00+01:00"),
+            ValueRef::Text(b"not a date"),
+            ValueRef::Text(b"{\"b\":1,\"a\":2}"),
+            ValueRef::Text(b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            ValueRef::Text(&[0xff, 0xfe]),
+            ValueRef::Blob(&[1, 2, 3]),
+            ValueRef::Blob(&[7; 16]),
+        ];
+        let types = [
+            LogicalType::Bool,
+            LogicalType::Number,
+            LogicalType::Text,
+            LogicalType::Bytes,
+            LogicalType::Timestamp,
+            LogicalType::Date,
+            LogicalType::Uuid,
+            LogicalType::Json,
+            LogicalType::Any,
+        ];
+        for raw in raws {
+            for ty in types {
+                let (mut fast, mut slow) = (Vec::new(), Vec::new());
+                encode(raw, ty, &mut fast);
+                value(raw, ty).encode(&mut slow);
+                assert_eq!(fast, slow, "{raw:?} as {ty:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn declared_types_map_to_logical_types() {
+        for (declared, want) in [
+            ("INTEGER", LogicalType::Number),
+            ("bigint", LogicalType::Number),
+            ("NUMERIC(12,2)", LogicalType::Number),
+            ("REAL", LogicalType::Number),
+            ("VARCHAR(20)", LogicalType::Text),
+            ("TEXT", LogicalType::Text),
+            ("BLOB", LogicalType::Bytes),
+            ("", LogicalType::Any),
+            ("BOOLEAN", LogicalType::Bool),
+            ("TIMESTAMPTZ", LogicalType::Timestamp),
+            ("DATETIME", LogicalType::Timestamp),
+            ("DATE", LogicalType::Date),
+            ("UUID", LogicalType::Uuid),
+            ("JSONB", LogicalType::Json),
+        ] {
+            assert_eq!(logical_type(declared), want, "{declared}");
+        }
+    }
 }

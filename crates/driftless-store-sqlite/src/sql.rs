@@ -3,17 +3,7 @@
 use driftless_core::key::format_uuid;
 use driftless_core::{Key, KeyPart, KeyRange};
 use driftless_store::Schema;
-use sqlx::Sqlite;
-use sqlx::query::Query;
-use sqlx::sqlite::SqliteArguments;
-
-/// A value to bind.
-#[derive(Debug)]
-pub enum Bind {
-    Int(i64),
-    Text(String),
-    Bytes(Vec<u8>),
-}
+use rusqlite::types::Value as Bind;
 
 /// Quotes an identifier for SQLite.
 pub fn ident(name: &str) -> String {
@@ -33,11 +23,15 @@ fn select_list(schema: &Schema, with_values: bool) -> String {
     cols.join(", ")
 }
 
-/// `SELECT key, values FROM t WHERE (key) >= (lo) AND (key) < (hi) ORDER BY key`, with the
-/// values to bind in order.
-pub fn range_select(table: &str, schema: &Schema, range: &KeyRange, with_values: bool) -> Result<(String, Vec<Bind>), String> {
+/// `SELECT key, values FROM t WHERE (key) >= (lo) AND (key) < (hi) ORDER BY key`,
+/// with the values to bind in order.
+pub fn range_select(
+    table: &str,
+    schema: &Schema,
+    range: &KeyRange,
+) -> Result<(String, Vec<Bind>), String> {
     let keys = key_list(schema);
-    let mut sql = format!("SELECT {} FROM {}", select_list(schema, with_values), ident(table));
+    let mut sql = format!("SELECT {} FROM {}", select_list(schema, true), ident(table));
     let mut binds = Vec::new();
     let mut clauses = Vec::new();
     for (bound, op) in [(&range.lo, ">="), (&range.hi, "<")] {
@@ -87,19 +81,11 @@ pub fn key_binds(key: &Key) -> Result<Vec<Bind>, String> {
     Ok(parts
         .into_iter()
         .map(|p| match p {
-            KeyPart::Int(v) => Bind::Int(v),
+            KeyPart::Int(v) => Bind::Integer(v),
             KeyPart::Text(s) => Bind::Text(s),
             KeyPart::Uuid(u) => Bind::Text(format_uuid(&u)),
-            KeyPart::Bytes(b) => Bind::Bytes(b),
+            KeyPart::Bytes(b) => Bind::Blob(b),
         })
         .collect())
 }
 
-/// Binds one value.
-pub fn bind<'q>(query: Query<'q, Sqlite, SqliteArguments<'q>>, b: Bind) -> Query<'q, Sqlite, SqliteArguments<'q>> {
-    match b {
-        Bind::Int(v) => query.bind(v),
-        Bind::Text(s) => query.bind(s),
-        Bind::Bytes(v) => query.bind(v),
-    }
-}

@@ -20,6 +20,7 @@
 //! the check, and recorded under the repair's idempotency key.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use async_trait::async_trait;
@@ -68,8 +69,9 @@ pub type DigestBatch = Vec<(Key, Digest)>;
 /// A stream of digest batches; batches amortise the cost of crossing task boundaries.
 pub type DigestStream<'a> = BoxStream<'a, Result<DigestBatch, StoreError>>;
 
-/// Counts rows as stores digest them, for progress bars and metrics.
-pub type Progress = AtomicU64;
+/// Counts rows as stores digest them, for progress bars and metrics. Shared, so a store can
+/// count from the blocking thread that reads.
+pub type Progress = Arc<AtomicU64>;
 
 /// What can go wrong in a store. Every variant names the copy by a location that is safe to
 /// print (no password, no secret query parameters).

@@ -73,15 +73,14 @@ impl Default for ScanOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// A store failed.
-    #[error("dataset {dataset:?}, {copy}: {source}")]
+    #[error("dataset {dataset:?}, {copy}: {error}")]
     Store {
         /// The dataset.
         dataset: String,
         /// `canonical copy` or `stage "name"`.
         copy: String,
-        /// The store's error.
-        #[source]
-        source: StoreError,
+        /// The store's error, part of this message (not a separate cause, so it prints once).
+        error: StoreError,
     },
     /// A digest task panicked or was cancelled.
     #[error("dataset {dataset:?}, {copy}: digest task failed: {reason}")]
@@ -107,7 +106,7 @@ fn stage_label(name: &str) -> String {
 pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<DatasetReport, EngineError> {
     let store_err = |copy: String| {
         let dataset = plan.name.clone();
-        move |source| EngineError::Store { dataset: dataset.clone(), copy: copy.clone(), source }
+        move |error| EngineError::Store { dataset: dataset.clone(), copy: copy.clone(), error }
     };
     let schema = plan
         .canonical
@@ -138,7 +137,7 @@ pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<D
         let dataset = plan.name.clone();
         async move {
             match task.await {
-                Ok(tree) => tree.map_err(|source| EngineError::Store { dataset, copy: label, source }),
+                Ok(tree) => tree.map_err(|error| EngineError::Store { dataset, copy: label, error }),
                 Err(e) => Err(EngineError::Task { dataset, copy: label, reason: e.to_string() }),
             }
         }
@@ -196,7 +195,7 @@ async fn diff_range(
 ) -> Result<Vec<driftless_core::Divergence>, EngineError> {
     let err = |copy: String| {
         let dataset = plan.name.clone();
-        move |source| EngineError::Store { dataset, copy, source }
+        move |error| EngineError::Store { dataset, copy, error }
     };
     let (canonical_rows, stage_rows) = tokio::try_join!(
         async {

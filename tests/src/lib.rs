@@ -1,0 +1,124 @@
+//! Helpers for the workspace-level integration tests: run the real `driftless` binary, make
+//! SQLite copies and directory trees, read the JSON report.
+//!
+//! The binary is the one `cargo test --workspace` builds next to the test executables
+//! (the `driftless` package has integration tests of its own, so cargo always builds it).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value as Json;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Connection, SqliteConnection};
+
+/// The `driftless` binary of this build.
+pub fn driftless_bin() -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let dir = exe.parent().and_then(Path::parent).expect("test executables live in target/<profile>/deps");
+    let bin = dir.join("driftless");
+    assert!(bin.exists(), "{} not built: run the tests with `cargo test --workspace`", bin.display());
+    bin
+}
+
+/// The outcome of one run of the binary.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    /// The JSON report on standard output.
+    pub fn report(&self) -> Json {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("report is not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+/// Runs `driftless ARGS` in `dir`.
+pub fn driftless(dir: &Path, args: &[&str]) -> Run {
+    let Output { status, stdout, stderr } =
+        Command::new(driftless_bin()).args(args).current_dir(dir).output().expect("the binary starts");
+    Run {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// `(stage, key as JSON text, kind)` of every divergence in a report.
+pub fn divergences(report: &Json) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for d in report["datasets"].as_array().expect("datasets is an array") {
+        for s in d["stages"].as_array().expect("stages is an array") {
+            let stage = s["stage"].as_str().expect("stage is a string").to_owned();
+            for v in s["divergences"].as_array().expect("divergences is an array") {
+                out.insert((stage.clone(), v["key"].to_string(), v["kind"].as_str().expect("kind").to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// Opens (creating if needed) a SQLite database file for writing test data.
+pub async fn sqlite(path: &Path) -> SqliteConnection {
+    let options = SqliteConnectOptions::new().filename(path).create_if_missing(true);
+    SqliteConnection::connect_with(&options).await.expect("open test database")
+}
+
+/// Runs a batch of SQL statements on a database file.
+pub async fn sqlite_exec(path: &Path, sql: &str) {
+    let mut db = sqlite(path).await;
+    sqlx::raw_sql(sql).execute(&mut db).await.unwrap_or_else(|e| panic!("{e}: {sql}"));
+    db.close().await.expect("close test database");
+}
+
+/// A small deterministic generator (SplitMix64), so a failing test can be replayed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// Writes a config file with one dataset whose canonical copy and stages are given as
+/// `(name, url, table)`; the canonical's name is ignored.
+pub fn write_config(dir: &Path, dataset: &str, key: &[&str], canonical: (&str, Option<&str>), stages: &[(&str, &str, Option<&str>)]) -> PathBuf {
+    let table = |t: Option<&str>| t.map_or(String::new(), |t| format!(", table = {t:?}"));
+    let keys: Vec<String> = key.iter().map(|k| format!("{k:?}")).collect();
+    let mut text = format!("[[datasets]]\nname = {dataset:?}\n");
+    if !key.is_empty() {
+        text.push_str(&format!("key = [{}]\n", keys.join(", ")));
+    }
+    text.push_str(&format!("canonical = {{ url = {:?}{} }}\nstages = [\n", canonical.0, table(canonical.1)));
+    for (name, url, t) in stages {
+        text.push_str(&format!("  {{ name = {name:?}, url = {url:?}{} }},\n", table(*t)));
+    }
+    text.push_str("]\n");
+    let path = dir.join("driftless.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}

@@ -1,0 +1,134 @@
+//! Bad configs and bad flags: exit status 1, a message that names the field, line or name
+//! at fault, no panic and no backtrace, and never a password.
+
+use std::path::Path;
+use std::process::Command;
+
+struct Outcome {
+    code: Option<i32>,
+    stderr: String,
+}
+
+fn run(dir: &Path, args: &[&str]) -> Outcome {
+    let out = Command::new(env!("CARGO_BIN_EXE_driftless"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("the binary starts");
+    Outcome { code: out.status.code(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+}
+
+/// Writes `config` and a valid SQLite copy next to it, then scans with `args`.
+fn scan_with(config: &str, args: &[&str]) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    make_db(&dir.path().join("a.db"), "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE nokey (id INTEGER, v TEXT);");
+    std::fs::write(dir.path().join("driftless.toml"), config).unwrap();
+    let mut full = vec!["scan", "--report", "json"];
+    full.extend_from_slice(args);
+    run(dir.path(), &full)
+}
+
+fn make_db(path: &Path, sql: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(async {
+        use sqlx::Connection;
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).create_if_missing(true);
+        let mut db = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut db).await.unwrap();
+        db.close().await.unwrap();
+    });
+}
+
+fn assert_clean_error(out: &Outcome, needles: &[&str]) {
+    assert_eq!(out.code, Some(1), "exit status; stderr: {}", out.stderr);
+    for n in needles {
+        assert!(out.stderr.contains(n), "stderr should name {n:?}: {}", out.stderr);
+    }
+    for bad in ["panicked", "backtrace", "RUST_BACKTRACE"] {
+        assert!(!out.stderr.contains(bad), "stderr shows a panic: {}", out.stderr);
+    }
+}
+
+const GOOD_DATASET: &str = r#"
+[[datasets]]
+name = "d"
+canonical = { url = "sqlite://a.db", table = "t" }
+stages = [ { name = "s", url = "sqlite://a.db", table = "t" } ]
+"#;
+
+#[test]
+fn a_good_config_scans_clean() {
+    let out = scan_with(GOOD_DATASET, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn unknown_field_names_field_and_line() {
+    let config = GOOD_DATASET.replace("name = \"d\"", "name = \"d\"\ncolumnz = [\"v\"]");
+    assert_clean_error(&scan_with(&config, &[]), &["columnz", "driftless.toml:4"]);
+}
+
+#[test]
+fn missing_required_field_names_it() {
+    let config = GOOD_DATASET.replace("canonical = { url = \"sqlite://a.db\", table = \"t\" }\n", "");
+    assert_clean_error(&scan_with(&config, &[]), &["canonical", "driftless.toml:2"]);
+}
+
+#[test]
+fn table_without_primary_key_and_no_key_names_dataset_and_copy() {
+    let config = GOOD_DATASET.replace("table = \"t\"", "table = \"nokey\"");
+    assert_clean_error(&scan_with(&config, &[]), &["dataset \"d\"", "canonical", "no primary key", "key"]);
+}
+
+#[test]
+fn missing_key_column_names_it() {
+    let config = GOOD_DATASET.replace("name = \"d\"", "name = \"d\"\nkey = [\"nope\"]");
+    assert_clean_error(&scan_with(&config, &[]), &["dataset \"d\"", "\"nope\""]);
+}
+
+#[test]
+fn bad_url_names_line_and_scheme() {
+    let config = GOOD_DATASET.replace("url = \"sqlite://a.db\", table = \"t\" }\nstages", "url = \"mysqlx://a.db\", table = \"t\" }\nstages");
+    assert_clean_error(&scan_with(&config, &[]), &["driftless.toml:4", "mysqlx", "canonical"]);
+    let config = GOOD_DATASET.replace("{ name = \"s\", url = \"sqlite://a.db\"", "{ name = \"s\", url = \"no-scheme\"");
+    assert_clean_error(&scan_with(&config, &[]), &["driftless.toml:5", "stage \"s\"", "not a URL"]);
+}
+
+#[test]
+fn password_never_printed() {
+    let config = GOOD_DATASET.replace("sqlite://a.db\", table = \"t\" }\nstages", "postgres://app:hunter2@127.0.0.1:1/x\", table = \"t\" }\nstages");
+    let out = scan_with(&config, &[]);
+    assert_clean_error(&out, &["canonical"]);
+    assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+}
+
+#[test]
+fn unset_environment_variable_names_it() {
+    let config = GOOD_DATASET.replace("sqlite://a.db\", table = \"t\" }\nstages", "sqlite://${DRIFTLESS_TEST_UNSET_VAR}\", table = \"t\" }\nstages");
+    assert_clean_error(&scan_with(&config, &[]), &["DRIFTLESS_TEST_UNSET_VAR", "driftless.toml:4"]);
+}
+
+#[test]
+fn unknown_dataset_or_stage_names_it() {
+    assert_clean_error(&scan_with(GOOD_DATASET, &["--dataset", "nope"]), &["\"nope\"", "datasets: d"]);
+    assert_clean_error(&scan_with(GOOD_DATASET, &["--stage", "nope"]), &["\"nope\""]);
+}
+
+#[test]
+fn missing_files_name_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_clean_error(&run(dir.path(), &["scan", "--config", "absent.toml"]), &["absent.toml"]);
+    let config = GOOD_DATASET.replace("sqlite://a.db\", table = \"t\" }\nstages", "sqlite://absent.db\", table = \"t\" }\nstages");
+    assert_clean_error(&scan_with(&config, &[]), &["absent.db", "canonical", "not found"]);
+    let config = GOOD_DATASET.replace("table = \"t\" }\nstages", "table = \"absent_table\" }\nstages");
+    assert_clean_error(&scan_with(&config, &[]), &["absent_table", "table not found"]);
+    let config = GOOD_DATASET.replace("url = \"sqlite://a.db\", table = \"t\" }\nstages", "url = \"file:absent-dir\" }\nstages");
+    assert_clean_error(&scan_with(&config, &[]), &["absent-dir", "canonical"]);
+}
+
+#[test]
+fn duplicate_names_are_rejected() {
+    let config = format!("{GOOD_DATASET}{GOOD_DATASET}");
+    assert_clean_error(&scan_with(&config, &[]), &["\"d\" is defined twice", "driftless.toml:8"]);
+}

@@ -158,9 +158,15 @@ impl Tree {
 
     /// Builds a tree from rows in parallel chunks on the rayon pool, then merges the chunks.
     pub fn build_par(boundaries: &Boundaries, rows: &[(Key, Digest)]) -> Tree {
+        /// Rows per parallel chunk: large enough to amortise a leaf vector per chunk.
         const CHUNK_ROWS: usize = 64 * 1024;
+        Tree::build_par_chunks(boundaries, rows, CHUNK_ROWS)
+    }
+
+    /// [`Tree::build_par`] with a chosen chunk size.
+    pub fn build_par_chunks(boundaries: &Boundaries, rows: &[(Key, Digest)], chunk_rows: usize) -> Tree {
         let leaves = rows
-            .par_chunks(CHUNK_ROWS)
+            .par_chunks(chunk_rows.max(1))
             .map(|chunk| {
                 let mut leaves = vec![Aggregate::default(); boundaries.leaf_count()];
                 for (key, digest) in chunk {

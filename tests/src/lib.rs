@@ -16,9 +16,16 @@ use sqlx::{Connection, SqliteConnection};
 pub fn driftless_bin() -> PathBuf {
     // Test executables live in target/<profile>/deps; binaries one level up.
     let exe = std::env::current_exe().expect("the test knows its own path");
-    let dir = exe.parent().and_then(Path::parent).expect("test executables live in target/<profile>/deps");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executables live in target/<profile>/deps");
     let bin = dir.join("driftless");
-    assert!(bin.exists(), "{} not built: run the tests with `cargo test --workspace`", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not built: run the tests with `cargo test --workspace`",
+        bin.display()
+    );
     bin
 }
 
@@ -43,8 +50,11 @@ impl Run {
 
 /// Runs `driftless ARGS` in `dir`.
 pub fn driftless(dir: &Path, args: &[&str]) -> Run {
-    let Output { status, stdout, stderr } =
-        Command::new(driftless_bin()).args(args).current_dir(dir).output().expect("the binary starts");
+    let Output { status, stdout, stderr } = Command::new(driftless_bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the binary starts");
     Run {
         code: status.code(),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
@@ -59,7 +69,11 @@ pub fn divergences(report: &Json) -> BTreeSet<(String, String, String)> {
         for s in d["stages"].as_array().expect("stages is an array") {
             let stage = s["stage"].as_str().expect("stage is a string").to_owned();
             for v in s["divergences"].as_array().expect("divergences is an array") {
-                out.insert((stage.clone(), v["key"].to_string(), v["kind"].as_str().expect("kind").to_owned()));
+                out.insert((
+                    stage.clone(),
+                    v["key"].to_string(),
+                    v["kind"].as_str().expect("kind").to_owned(),
+                ));
             }
         }
     }
@@ -69,13 +83,18 @@ pub fn divergences(report: &Json) -> BTreeSet<(String, String, String)> {
 /// Opens (creating if needed) a SQLite database file for writing test data.
 pub async fn sqlite(path: &Path) -> SqliteConnection {
     let options = SqliteConnectOptions::new().filename(path).create_if_missing(true);
-    SqliteConnection::connect_with(&options).await.expect("open test database")
+    SqliteConnection::connect_with(&options)
+        .await
+        .expect("open test database")
 }
 
 /// Runs a batch of SQL statements on a database file.
 pub async fn sqlite_exec(path: &Path, sql: &str) {
     let mut db = sqlite(path).await;
-    sqlx::raw_sql(sql).execute(&mut db).await.unwrap_or_else(|e| panic!("{e}: {sql}"));
+    sqlx::raw_sql(sql)
+        .execute(&mut db)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {sql}"));
     db.close().await.expect("close test database");
 }
 
@@ -106,14 +125,24 @@ impl Rng {
 
 /// Writes a config file with one dataset whose canonical copy and stages are given as
 /// `(name, url, table)`; the canonical's name is ignored.
-pub fn write_config(dir: &Path, dataset: &str, key: &[&str], canonical: (&str, Option<&str>), stages: &[(&str, &str, Option<&str>)]) -> PathBuf {
+pub fn write_config(
+    dir: &Path,
+    dataset: &str,
+    key: &[&str],
+    canonical: (&str, Option<&str>),
+    stages: &[(&str, &str, Option<&str>)],
+) -> PathBuf {
     let table = |t: Option<&str>| t.map_or(String::new(), |t| format!(", table = {t:?}"));
     let keys: Vec<String> = key.iter().map(|k| format!("{k:?}")).collect();
     let mut text = format!("[[datasets]]\nname = {dataset:?}\n");
     if !key.is_empty() {
         text.push_str(&format!("key = [{}]\n", keys.join(", ")));
     }
-    text.push_str(&format!("canonical = {{ url = {:?}{} }}\nstages = [\n", canonical.0, table(canonical.1)));
+    text.push_str(&format!(
+        "canonical = {{ url = {:?}{} }}\nstages = [\n",
+        canonical.0,
+        table(canonical.1)
+    ));
     for (name, url, t) in stages {
         text.push_str(&format!("  {{ name = {name:?}, url = {url:?}{} }},\n", table(*t)));
     }

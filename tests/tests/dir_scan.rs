@@ -26,7 +26,11 @@ fn rel(i: usize) -> String {
 
 fn content(i: usize) -> Vec<u8> {
     // Every seventh file is empty; the rest are a few bytes to a few hundred.
-    if i % 7 == 0 { Vec::new() } else { format!("content of {i};").repeat(1 + i % 20).into_bytes() }
+    if i.is_multiple_of(7) {
+        Vec::new()
+    } else {
+        format!("content of {i};").repeat(1 + i % 20).into_bytes()
+    }
 }
 
 fn write(root: &Path, rel: &str, bytes: &[u8]) {
@@ -44,7 +48,13 @@ fn hundred_thousand_files_scan_names_exactly_the_changed_paths() {
         write(&canonical, &rel(i), &bytes);
         write(&stage, &rel(i), &bytes);
     }
-    write_config(dir.path(), "assets", &[], ("file:canonical", None), &[("mirror", "file:stage", None)]);
+    write_config(
+        dir.path(),
+        "assets",
+        &[],
+        ("file:canonical", None),
+        &[("mirror", "file:stage", None)],
+    );
 
     let clean = driftless(dir.path(), &["scan", "--report", "json"]);
     assert_eq!(clean.code, Some(0), "identical trees: {}", clean.stderr);
@@ -58,7 +68,7 @@ fn hundred_thousand_files_scan_names_exactly_the_changed_paths() {
     };
     let mut pick = || loop {
         let i = rng.below(FILES as u64) as usize;
-        if i % 7 != 0 && used.insert(i) {
+        if !i.is_multiple_of(7) && used.insert(i) {
             return i;
         }
     };
@@ -88,7 +98,14 @@ fn hundred_thousand_files_scan_names_exactly_the_changed_paths() {
     let i = pick();
     write(&stage, &rel(i), b"");
     expect(&rel(i), "changed");
-    for extra in ["new dir/nested/ñ.txt", "a/a.txt", "a/b c/", "0-first", "\u{10ffff}-last", "a/empty-extra"] {
+    for extra in [
+        "new dir/nested/ñ.txt",
+        "a/a.txt",
+        "a/b c/",
+        "0-first",
+        "\u{10ffff}-last",
+        "a/empty-extra",
+    ] {
         if extra.ends_with('/') {
             // An empty directory is not a row: no divergence.
             fs::create_dir_all(stage.join(extra)).unwrap();
@@ -103,6 +120,9 @@ fn hundred_thousand_files_scan_names_exactly_the_changed_paths() {
     let found = divergences(&run.report());
     let missed: Vec<_> = expected.difference(&found).collect();
     let surplus: Vec<_> = found.difference(&expected).collect();
-    assert!(missed.is_empty() && surplus.is_empty(), "not found: {missed:?}\nnot injected: {surplus:?}");
+    assert!(
+        missed.is_empty() && surplus.is_empty(),
+        "not found: {missed:?}\nnot injected: {surplus:?}"
+    );
     assert_eq!(found.len(), 20);
 }

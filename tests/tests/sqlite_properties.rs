@@ -20,7 +20,9 @@ fn insert_sql(rows: &Rows) -> String {
          CREATE TABLE t (k1 INTEGER NOT NULL, k2 TEXT NOT NULL, v TEXT, PRIMARY KEY (k1, k2));\n",
     );
     for ((k1, k2), v) in rows {
-        let v = v.as_ref().map_or("NULL".to_owned(), |v| format!("'{}'", v.replace('\'', "''")));
+        let v = v
+            .as_ref()
+            .map_or("NULL".to_owned(), |v| format!("'{}'", v.replace('\'', "''")));
         sql += &format!("INSERT INTO t VALUES ({k1}, '{}', {v});\n", k2.replace('\'', "''"));
     }
     sql + "COMMIT;"
@@ -37,13 +39,23 @@ async fn scan(canonical: &Rows, stage: &Rows) -> BTreeSet<(String, String)> {
         key: vec![],
         columns: None,
         canonical: Arc::new(SqliteStore::open(&url(&c), "t").await.unwrap()),
-        stages: vec![CopyRef { name: "s".into(), store: Arc::new(SqliteStore::open(&url(&s), "t").await.unwrap()) }],
+        stages: vec![CopyRef {
+            name: "s".into(),
+            store: Arc::new(SqliteStore::open(&url(&s), "t").await.unwrap()),
+        }],
         hasher: RowHasher::new(DigestAlgorithm::Xxh3, 0),
     };
     // Few rows per leaf, so small tables still make many leaves and many range queries.
-    let options = ScanOptions { rows_per_leaf: 7, ..ScanOptions::default() };
+    let options = ScanOptions {
+        rows_per_leaf: 7,
+        ..ScanOptions::default()
+    };
     let report = scan_dataset(&plan, &options).await.unwrap();
-    report.stages[0].divergences.iter().map(|d| (d.key.to_string(), d.kind.to_owned())).collect()
+    report.stages[0]
+        .divergences
+        .iter()
+        .map(|d| (d.key.to_string(), d.kind.to_owned()))
+        .collect()
 }
 
 fn rows() -> impl Strategy<Value = Rows> {

@@ -15,12 +15,18 @@ const NAMES: [&str; 8] = ["a", "B", "ä", "Z", "", " ", "a b", "Äpfel"];
 const MUTATIONS_PER_KIND: usize = 20;
 
 fn key_of(i: u64) -> (i64, &'static str) {
-    ((i / NAMES.len() as u64) as i64, NAMES[(i % NAMES.len() as u64) as usize])
+    (
+        (i / NAMES.len() as u64) as i64,
+        NAMES[(i % NAMES.len() as u64) as usize],
+    )
 }
 
 fn names_case() -> String {
-    let arms: Vec<String> =
-        NAMES.iter().enumerate().map(|(i, n)| format!("WHEN {i} THEN '{}'", n.replace('\'', "''"))).collect();
+    let arms: Vec<String> = NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("WHEN {i} THEN '{}'", n.replace('\'', "''")))
+        .collect();
     format!("CASE i % {} {} END", NAMES.len(), arms.join(" "))
 }
 
@@ -68,7 +74,11 @@ fn sql_text(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn million_row_composite_key_scan_names_exactly_the_mutated_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let (canonical, stage, twin) = (dir.path().join("canonical.db"), dir.path().join("stage.db"), dir.path().join("twin.db"));
+    let (canonical, stage, twin) = (
+        dir.path().join("canonical.db"),
+        dir.path().join("stage.db"),
+        dir.path().join("twin.db"),
+    );
     make_canonical(&canonical).await;
     make_stage(&canonical, &stage).await;
     make_stage(&canonical, &twin).await;
@@ -84,21 +94,37 @@ async fn million_row_composite_key_scan_names_exactly_the_mutated_keys() {
     let mut sql = String::new();
     let mut expected = BTreeSet::new();
     let mut expect = |key: (i64, &str), kind: &str| {
-        expected.insert(("diverged".to_owned(), json!({"region_id": key.0, "name": key.1}).to_string(), kind.to_owned()));
+        expected.insert((
+            "diverged".to_owned(),
+            json!({"region_id": key.0, "name": key.1}).to_string(),
+            kind.to_owned(),
+        ));
     };
     for _ in 0..MUTATIONS_PER_KIND {
         let k = pick(&mut rng);
-        sql += &format!("UPDATE t SET note = 'changed' WHERE region_id = {} AND name = {};\n", k.0, sql_text(k.1));
+        sql += &format!(
+            "UPDATE t SET note = 'changed' WHERE region_id = {} AND name = {};\n",
+            k.0,
+            sql_text(k.1)
+        );
         expect(k, "changed");
         let k = pick(&mut rng);
-        sql += &format!("UPDATE t SET amount = NULL, note = NULL WHERE region_id = {} AND name = {};\n", k.0, sql_text(k.1));
+        sql += &format!(
+            "UPDATE t SET amount = NULL, note = NULL WHERE region_id = {} AND name = {};\n",
+            k.0,
+            sql_text(k.1)
+        );
         // Rows whose amount and note were already NULL do not change.
         let i = k.0 as u64 * NAMES.len() as u64 + NAMES.iter().position(|n| *n == k.1).unwrap() as u64;
-        if !(i % 5 == 0 && i % 3 == 0) {
+        if !(i.is_multiple_of(5) && i.is_multiple_of(3)) {
             expect(k, "changed");
         }
         let k = pick(&mut rng);
-        sql += &format!("DELETE FROM t WHERE region_id = {} AND name = {};\n", k.0, sql_text(k.1));
+        sql += &format!(
+            "DELETE FROM t WHERE region_id = {} AND name = {};\n",
+            k.0,
+            sql_text(k.1)
+        );
         expect(k, "missing");
     }
     // Inserts below the smallest key, above the largest, and between existing names.
@@ -115,7 +141,10 @@ async fn million_row_composite_key_scan_names_exactly_the_mutated_keys() {
         if !inserted.insert((region, name)) {
             continue;
         }
-        sql += &format!("INSERT INTO t VALUES ({region}, {}, 1.5, NULL, '2024-01-01 00:00:00');\n", sql_text(name));
+        sql += &format!(
+            "INSERT INTO t VALUES ({region}, {}, 1.5, NULL, '2024-01-01 00:00:00');\n",
+            sql_text(name)
+        );
         expect((region, name), "extra");
     }
     // Writes that change the representation but not the value: no drift.
@@ -128,7 +157,10 @@ async fn million_row_composite_key_scan_names_exactly_the_mutated_keys() {
         "ledger",
         &["region_id", "name"],
         ("sqlite://canonical.db", Some("t")),
-        &[("diverged", "sqlite://stage.db", Some("t")), ("twin", "sqlite://twin.db", Some("t"))],
+        &[
+            ("diverged", "sqlite://stage.db", Some("t")),
+            ("twin", "sqlite://twin.db", Some("t")),
+        ],
     );
 
     let twin_run = driftless(dir.path(), &["scan", "--stage", "twin", "--report", "json"]);
@@ -143,6 +175,12 @@ async fn million_row_composite_key_scan_names_exactly_the_mutated_keys() {
     let found = divergences(&run.report());
     let missed: Vec<_> = expected.difference(&found).collect();
     let surplus: Vec<_> = found.difference(&expected).collect();
-    assert!(missed.is_empty() && surplus.is_empty(), "not found: {missed:?}\nnot injected: {surplus:?}");
-    assert!(expected.len() >= 3 * MUTATIONS_PER_KIND, "the test must mutate something");
+    assert!(
+        missed.is_empty() && surplus.is_empty(),
+        "not found: {missed:?}\nnot injected: {surplus:?}"
+    );
+    assert!(
+        expected.len() >= 3 * MUTATIONS_PER_KIND,
+        "the test must mutate something"
+    );
 }

@@ -71,12 +71,22 @@ pub fn merge_join(
         match order {
             Ordering::Less => {
                 let (key, d) = c.next().unwrap();
-                out.push(Divergence { key, kind: DivergenceKind::Missing, canonical: Some(d), stage: None });
+                out.push(Divergence {
+                    key,
+                    kind: DivergenceKind::Missing,
+                    canonical: Some(d),
+                    stage: None,
+                });
             }
             Ordering::Greater => {
                 let (key, d) = s.next().unwrap();
                 let canonical = None;
-                out.push(Divergence { key: key.clone(), kind: DivergenceKind::Extra, canonical, stage: Some(d) });
+                out.push(Divergence {
+                    key: key.clone(),
+                    kind: DivergenceKind::Extra,
+                    canonical,
+                    stage: Some(d),
+                });
                 push_duplicates(&mut s, &key, canonical, &mut out);
             }
             Ordering::Equal => {
@@ -105,7 +115,12 @@ fn push_duplicates<I: Iterator<Item = (Key, Digest)>>(
     out: &mut Vec<Divergence>,
 ) {
     while let Some((_, d)) = s.next_if(|(k, _)| k == key) {
-        out.push(Divergence { key: key.clone(), kind: DivergenceKind::Duplicate, canonical, stage: Some(d) });
+        out.push(Divergence {
+            key: key.clone(),
+            kind: DivergenceKind::Duplicate,
+            canonical,
+            stage: Some(d),
+        });
     }
 }
 
@@ -115,7 +130,10 @@ mod tests {
     use crate::key::KeyPart;
 
     fn rows(items: &[(i64, u128)]) -> Vec<(Key, Digest)> {
-        items.iter().map(|&(k, d)| (Key::from_parts(&[KeyPart::Int(k)]), d)).collect()
+        items
+            .iter()
+            .map(|&(k, d)| (Key::from_parts(&[KeyPart::Int(k)]), d))
+            .collect()
     }
 
     fn kinds(d: &[Divergence]) -> Vec<(String, DivergenceKind)> {
@@ -129,7 +147,12 @@ mod tests {
         use DivergenceKind::*;
         assert_eq!(
             kinds(&merge_join(c, s)),
-            vec![("1".into(), Missing), ("3".into(), Changed), ("3".into(), Duplicate), ("4".into(), Extra)]
+            vec![
+                ("1".into(), Missing),
+                ("3".into(), Changed),
+                ("3".into(), Duplicate),
+                ("4".into(), Extra)
+            ]
         );
     }
 

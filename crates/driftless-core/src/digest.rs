@@ -41,7 +41,11 @@ impl RowHasher {
     pub fn new(algorithm: DigestAlgorithm, seed: u64) -> RowHasher {
         let mut blake3_key = [0u8; 32];
         blake3_key[..8].copy_from_slice(&seed.to_le_bytes());
-        RowHasher { algorithm, seed, blake3_key }
+        RowHasher {
+            algorithm,
+            seed,
+            blake3_key,
+        }
     }
 
     /// The algorithm in use.
@@ -53,9 +57,7 @@ impl RowHasher {
     /// canonical encodings. `key_len` separates the two so that no key can run into a value.
     pub fn digest_encoded(&self, encoded: &[u8], key_len: usize) -> Digest {
         match self.algorithm {
-            DigestAlgorithm::Xxh3 => {
-                xxhash_rust::xxh3::xxh3_128_with_seed(encoded, self.seed ^ key_len as u64)
-            }
+            DigestAlgorithm::Xxh3 => xxhash_rust::xxh3::xxh3_128_with_seed(encoded, self.seed ^ key_len as u64),
             DigestAlgorithm::Blake3 => {
                 let mut h = blake3::Hasher::new_keyed(&self.blake3_key);
                 h.update(&(key_len as u64).to_le_bytes());

@@ -94,14 +94,18 @@ impl Key {
             i += 1;
             match tag {
                 TAG_INT => {
-                    let raw: [u8; 8] =
-                        b.get(i..i + 8).and_then(|s| s.try_into().ok()).ok_or(KeyError { offset: i })?;
+                    let raw: [u8; 8] = b
+                        .get(i..i + 8)
+                        .and_then(|s| s.try_into().ok())
+                        .ok_or(KeyError { offset: i })?;
                     parts.push(KeyPart::Int((u64::from_be_bytes(raw) ^ (1 << 63)) as i64));
                     i += 8;
                 }
                 TAG_UUID => {
-                    let raw: [u8; 16] =
-                        b.get(i..i + 16).and_then(|s| s.try_into().ok()).ok_or(KeyError { offset: i })?;
+                    let raw: [u8; 16] = b
+                        .get(i..i + 16)
+                        .and_then(|s| s.try_into().ok())
+                        .ok_or(KeyError { offset: i })?;
                     parts.push(KeyPart::Uuid(raw));
                     i += 16;
                 }
@@ -254,7 +258,14 @@ impl KeyBuilder {
 /// Formats 16 bytes as a lower-case hyphenated uuid.
 pub fn format_uuid(u: &[u8; 16]) -> String {
     let h = hex(u);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Parses a hyphenated or plain 32-digit hex uuid, in either case.

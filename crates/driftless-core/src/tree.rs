@@ -47,7 +47,10 @@ impl Boundaries {
     /// # Panics
     /// If `keys` is not strictly increasing; callers build it from a sorted sample.
     pub fn from_sorted(keys: Vec<Key>) -> Boundaries {
-        assert!(keys.windows(2).all(|w| w[0] < w[1]), "boundaries must be strictly increasing");
+        assert!(
+            keys.windows(2).all(|w| w[0] < w[1]),
+            "boundaries must be strictly increasing"
+        );
         Boundaries(keys)
     }
 
@@ -129,7 +132,11 @@ pub struct Tree {
 impl Tree {
     /// A tree over the given leaf aggregates.
     pub fn from_leaves(leaves: Vec<Aggregate>) -> Tree {
-        let mut levels = vec![if leaves.is_empty() { vec![Aggregate::default()] } else { leaves }];
+        let mut levels = vec![if leaves.is_empty() {
+            vec![Aggregate::default()]
+        } else {
+            leaves
+        }];
         while levels.last().is_some_and(|l| l.len() > 1) {
             let below = levels.last().unwrap();
             let above = below
@@ -207,7 +214,11 @@ impl Tree {
     /// # Panics
     /// If the trees have different numbers of leaves.
     pub fn diff(&self, other: &Tree) -> Vec<usize> {
-        assert_eq!(self.leaves().len(), other.leaves().len(), "trees over different boundaries");
+        assert_eq!(
+            self.leaves().len(),
+            other.leaves().len(),
+            "trees over different boundaries"
+        );
         let mut out = Vec::new();
         let top = self.levels.len() - 1;
         self.descend(other, top, 0, &mut out);
@@ -245,7 +256,11 @@ impl<B: AsRef<Boundaries>> LeafBuilder<B> {
     /// An empty builder over `boundaries`.
     pub fn new(boundaries: B) -> LeafBuilder<B> {
         let leaves = vec![Aggregate::default(); boundaries.as_ref().leaf_count()];
-        LeafBuilder { boundaries, leaves, current: 0 }
+        LeafBuilder {
+            boundaries,
+            leaves,
+            current: 0,
+        }
     }
 
     /// Adds one row.

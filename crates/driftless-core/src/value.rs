@@ -289,7 +289,12 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
             return Some(t.timestamp_micros());
         }
     }
-    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"] {
+    for format in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, format) {
             return Some(t.and_utc().timestamp_micros());
         }
@@ -303,10 +308,11 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
 fn fast_timestamp(b: &[u8]) -> Option<i64> {
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
         let digits = b.get(range)?;
-        digits.iter().try_fold(0i64, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0')))
+        digits.iter().try_fold(0i64, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+        })
     };
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b' ' | b'T') || b[13] != b':' || b[16] != b':'
-    {
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b' ' | b'T') || b[13] != b':' || b[16] != b':' {
         return None;
     }
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
@@ -327,7 +333,11 @@ fn fast_timestamp(b: &[u8]) -> Option<i64> {
             return None;
         }
         let frac = num(start..i)?;
-        micros = if digits <= 6 { frac * 10i64.pow(6 - digits as u32) } else { frac / 10i64.pow(digits as u32 - 6) };
+        micros = if digits <= 6 {
+            frac * 10i64.pow(6 - digits as u32)
+        } else {
+            frac / 10i64.pow(digits as u32 - 6)
+        };
     }
     let offset_secs = match b.get(i) {
         None => 0,

@@ -6,9 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use driftless_core::{
-    Boundaries, DigestAlgorithm, DivergenceKind, Key, KeyPart, RowHasher, Tree, Value, merge_join,
-};
+use driftless_core::{Boundaries, DigestAlgorithm, DivergenceKind, Key, KeyPart, RowHasher, Tree, Value, merge_join};
 use proptest::prelude::*;
 
 fn key(id: i64, name: &str) -> Key {

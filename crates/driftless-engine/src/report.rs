@@ -62,6 +62,9 @@ pub struct DivergenceReport {
 impl RunReport {
     /// Whether any stage of any dataset has divergences left.
     pub fn has_drift(&self) -> bool {
-        self.datasets.iter().flat_map(|d| &d.stages).any(|s| s.divergent > s.repaired)
+        self.datasets
+            .iter()
+            .flat_map(|d| &d.stages)
+            .any(|s| s.divergent > s.repaired)
     }
 }

@@ -106,7 +106,11 @@ fn stage_label(name: &str) -> String {
 pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<DatasetReport, EngineError> {
     let store_err = |copy: String| {
         let dataset = plan.name.clone();
-        move |error| EngineError::Store { dataset: dataset.clone(), copy: copy.clone(), error }
+        move |error| EngineError::Store {
+            dataset: dataset.clone(),
+            copy: copy.clone(),
+            error,
+        }
     };
     let schema = plan
         .canonical
@@ -114,16 +118,30 @@ pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<D
         .await
         .map_err(store_err(canonical_label()))?;
     try_join_all(plan.stages.iter().map(|s| async {
-        s.store.check_schema(&schema).await.map_err(store_err(stage_label(&s.name)))
+        s.store
+            .check_schema(&schema)
+            .await
+            .map_err(store_err(stage_label(&s.name)))
     }))
     .await?;
 
     let leaves_wanted = |rows: u64| (rows / options.rows_per_leaf.max(1)).clamp(1, MAX_LEAVES);
-    let estimate = plan.canonical.sample_keys(&schema, 0).await.map_err(store_err(canonical_label()))?.rows;
+    let estimate = plan
+        .canonical
+        .sample_keys(&schema, 0)
+        .await
+        .map_err(store_err(canonical_label()))?
+        .rows;
     let sample_size = (leaves_wanted(estimate) * SAMPLES_PER_LEAF) as usize;
-    let sample = plan.canonical.sample_keys(&schema, sample_size).await.map_err(store_err(canonical_label()))?;
+    let sample = plan
+        .canonical
+        .sample_keys(&schema, sample_size)
+        .await
+        .map_err(store_err(canonical_label()))?;
     let boundaries = Boundaries::from_sample(sample.keys, leaves_wanted(sample.rows) as usize);
-    options.expected_rows.fetch_add(sample.rows * (1 + plan.stages.len() as u64), Ordering::Relaxed);
+    options
+        .expected_rows
+        .fetch_add(sample.rows * (1 + plan.stages.len() as u64), Ordering::Relaxed);
     debug!(dataset = %plan.name, rows = sample.rows, leaves = boundaries.leaf_count(), "boundaries chosen");
 
     let schema = Arc::new(schema);
@@ -137,19 +155,33 @@ pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<D
         let dataset = plan.name.clone();
         async move {
             match task.await {
-                Ok(tree) => tree.map_err(|error| EngineError::Store { dataset, copy: label, error }),
-                Err(e) => Err(EngineError::Task { dataset, copy: label, reason: e.to_string() }),
+                Ok(tree) => tree.map_err(|error| EngineError::Store {
+                    dataset,
+                    copy: label,
+                    error,
+                }),
+                Err(e) => Err(EngineError::Task {
+                    dataset,
+                    copy: label,
+                    reason: e.to_string(),
+                }),
             }
         }
     }))
     .await?;
 
     let (canonical_tree, stage_trees) = trees.split_first().expect("the canonical tree is always built");
-    let stages = try_join_all(plan.stages.iter().zip(stage_trees).map(|(stage, tree)| {
-        compare_stage(plan, &schema, &boundaries, canonical_tree, stage, tree, options)
-    }))
+    let stages = try_join_all(
+        plan.stages
+            .iter()
+            .zip(stage_trees)
+            .map(|(stage, tree)| compare_stage(plan, &schema, &boundaries, canonical_tree, stage, tree, options)),
+    )
     .await?;
-    Ok(DatasetReport { dataset: plan.name.clone(), stages })
+    Ok(DatasetReport {
+        dataset: plan.name.clone(),
+        stages,
+    })
 }
 
 /// Compares one stage's tree with canonical and names the divergent keys of the leaves
@@ -173,7 +205,10 @@ async fn compare_stage(
     let key_names = schema.key_names();
     let divergences: Vec<DivergenceReport> = divergences
         .into_iter()
-        .map(|d| DivergenceReport { key: d.key.to_json(&key_names), kind: d.kind.as_str() })
+        .map(|d| DivergenceReport {
+            key: d.key.to_json(&key_names),
+            kind: d.kind.as_str(),
+        })
         .collect();
     Ok(StageReport {
         stage: stage.name.clone(),
@@ -205,7 +240,11 @@ async fn diff_range(
                 .map_err(err(canonical_label()))
         },
         async {
-            stage.store.scan_collect(schema, range.clone(), &plan.hasher, progress).await.map_err(err(stage_label(&stage.name)))
+            stage
+                .store
+                .scan_collect(schema, range.clone(), &plan.hasher, progress)
+                .await
+                .map_err(err(stage_label(&stage.name)))
         },
     )?;
     Ok(merge_join(canonical_rows, stage_rows))

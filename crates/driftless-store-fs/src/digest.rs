@@ -117,9 +117,7 @@ impl Job {
 
     /// The digest of one row.
     fn digest(&self, entry: &Entry, s: &mut Scratch) -> Result<Digest, StoreError> {
-        let size = self
-            .read_row(entry, s)
-            .map_err(|e| self.read_error(entry, &e))?;
+        let size = self.read_row(entry, s).map_err(|e| self.read_error(entry, &e))?;
         for (col, value) in self.columns.iter().zip(&mut s.values) {
             match (col, value) {
                 (Col::Size, v) => *v = Value::Int(size),
@@ -128,9 +126,7 @@ impl Job {
                 (Col::Content, v) => *v = Value::Bytes(s.hash.clone()),
             }
         }
-        Ok(self
-            .hasher
-            .digest_row(entry.key.as_bytes(), &s.values, &mut s.encoded))
+        Ok(self.hasher.digest_row(entry.key.as_bytes(), &s.values, &mut s.encoded))
     }
 
     /// Reads what the selected columns need of one row: returns its size and leaves the
@@ -182,10 +178,7 @@ impl Job {
             .map_init(
                 || self.scratch(),
                 |s, chunk| {
-                    let batch = chunk
-                        .iter()
-                        .map(|e| Ok((e.key.clone(), self.digest(e, s)?)))
-                        .collect();
+                    let batch = chunk.iter().map(|e| Ok((e.key.clone(), self.digest(e, s)?))).collect();
                     progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     batch
                 },
@@ -259,9 +252,7 @@ pub(crate) fn window_files() -> usize {
 /// Hashes `bytes` in one call, appending the hash to `out`.
 fn hash_once(algorithm: DigestAlgorithm, bytes: &[u8], out: &mut Vec<u8>) {
     match algorithm {
-        DigestAlgorithm::Xxh3 => {
-            out.extend_from_slice(&xxhash_rust::xxh3::xxh3_128(bytes).to_be_bytes())
-        }
+        DigestAlgorithm::Xxh3 => out.extend_from_slice(&xxhash_rust::xxh3::xxh3_128(bytes).to_be_bytes()),
         DigestAlgorithm::Blake3 => out.extend_from_slice(blake3::hash(bytes).as_bytes()),
     }
 }
@@ -367,49 +358,19 @@ mod tests {
     #[test]
     fn streamed_and_one_shot_hashes_agree() {
         // Sizes around the buffer size: under, exactly, just over, several buffers.
-        for len in [
-            0,
-            1,
-            1000,
-            READ_BUF - 1,
-            READ_BUF,
-            READ_BUF + 1,
-            3 * READ_BUF + 17,
-        ] {
+        for len in [0, 1, 1000, READ_BUF - 1, READ_BUF, READ_BUF + 1, 3 * READ_BUF + 17] {
             let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             for algorithm in [DigestAlgorithm::Xxh3, DigestAlgorithm::Blake3] {
                 let mut buf = vec![0; READ_BUF];
                 let want = content_hash(algorithm, &data);
                 // A reader that returns short reads, as pipes and some file systems do.
                 let mut out = Vec::new();
-                let n = hash_file(
-                    &mut Trickle(&data[..]),
-                    End::ZeroRead,
-                    algorithm,
-                    &mut buf,
-                    &mut out,
-                )
-                .unwrap();
-                assert_eq!(
-                    (n, &out),
-                    (len as u64, &want),
-                    "trickle, len {len} {algorithm:?}"
-                );
+                let n = hash_file(&mut Trickle(&data[..]), End::ZeroRead, algorithm, &mut buf, &mut out).unwrap();
+                assert_eq!((n, &out), (len as u64, &want), "trickle, len {len} {algorithm:?}");
                 // A reader that fills every read it can, as a regular file does.
                 let mut out = Vec::new();
-                let n = hash_file(
-                    &mut &data[..],
-                    End::ShortRead,
-                    algorithm,
-                    &mut buf,
-                    &mut out,
-                )
-                .unwrap();
-                assert_eq!(
-                    (n, &out),
-                    (len as u64, &want),
-                    "slice, len {len} {algorithm:?}"
-                );
+                let n = hash_file(&mut &data[..], End::ShortRead, algorithm, &mut buf, &mut out).unwrap();
+                assert_eq!((n, &out), (len as u64, &want), "slice, len {len} {algorithm:?}");
             }
         }
         assert_eq!(content_hash(DigestAlgorithm::Xxh3, b"x").len(), 16);

@@ -36,9 +36,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use driftless_core::tree::LeafBuilder;
 use driftless_core::{Boundaries, Key, KeyRange, LogicalType, RowHasher, Tree, Value};
-use driftless_store::{
-    Column, DigestBatch, DigestStream, Progress, Sample, Schema, Store, StoreError, redact_url,
-};
+use driftless_store::{Column, DigestBatch, DigestStream, Progress, Sample, Schema, Store, StoreError, redact_url};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
@@ -76,10 +74,7 @@ impl FsStore {
     pub fn open(url: &str) -> Result<FsStore, StoreError> {
         let root = root::parse(url).map_err(|reason| StoreError::Open {
             // Whatever was passed may be another store's URL with a password in it.
-            location: if url
-                .get(..5)
-                .is_some_and(|s| s.eq_ignore_ascii_case("file:"))
-            {
+            location: if url.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("file:")) {
                 url.to_owned()
             } else {
                 redact_url(url)
@@ -104,9 +99,7 @@ impl FsStore {
             .listing
             .get_or_try_init(|| {
                 let (location, root) = (self.location.clone(), self.root.clone());
-                blocking(&self.location, move || {
-                    listing::list(&location, &root).map(Arc::new)
-                })
+                blocking(&self.location, move || listing::list(&location, &root).map(Arc::new))
             })
             .await?;
         Ok(listing.clone())
@@ -115,10 +108,7 @@ impl FsStore {
     /// Fails with [`StoreError::Open`] unless the root is a directory.
     async fn check_root(&self) -> Result<(), StoreError> {
         let (location, root) = (self.location.clone(), self.root.clone());
-        blocking(&self.location, move || {
-            listing::check_root(&location, &root)
-        })
-        .await
+        blocking(&self.location, move || listing::check_root(&location, &root)).await
     }
 
     fn schema_error(&self, reason: String) -> StoreError {
@@ -186,11 +176,7 @@ impl Store for FsStore {
         &self.location
     }
 
-    async fn schema(
-        &self,
-        key: &[String],
-        columns: Option<&[String]>,
-    ) -> Result<Schema, StoreError> {
+    async fn schema(&self, key: &[String], columns: Option<&[String]>) -> Result<Schema, StoreError> {
         self.check_root().await?;
         self.check_key(key, true)?;
         let cols = match columns {
@@ -226,10 +212,7 @@ impl Store for FsStore {
             // Evenly spaced: the listing is sorted, so these are its quantiles.
             (0..max).map(|i| listing[i * n / max].key.clone()).collect()
         };
-        Ok(Sample {
-            keys,
-            rows: n as u64,
-        })
+        Ok(Sample { keys, rows: n as u64 })
     }
 
     fn scan<'a>(
@@ -295,11 +278,7 @@ impl Store for FsStore {
         Ok(tree)
     }
 
-    async fn fetch(
-        &self,
-        schema: &Schema,
-        keys: &[Key],
-    ) -> Result<Vec<(Key, Vec<Value>)>, StoreError> {
+    async fn fetch(&self, schema: &Schema, keys: &[Key]) -> Result<Vec<(Key, Vec<Value>)>, StoreError> {
         let columns = self.columns_of(schema)?;
         let listing = self.listing().await?;
         let keys = keys.to_vec();

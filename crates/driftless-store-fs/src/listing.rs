@@ -45,10 +45,9 @@ pub(crate) fn check_root(location: &str, root: &Path) -> Result<(), StoreError> 
     match fs::metadata(root) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(open_error(format!("{} is not a directory", root.display()))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(open_error(format!(
-            "directory {} does not exist",
-            root.display()
-        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(open_error(format!("directory {} does not exist", root.display())))
+        }
         Err(e) => Err(open_error(format!("{}: {e}", root.display()))),
     }
 }
@@ -102,10 +101,7 @@ fn relative_utf8(root: &Path, path: &Path) -> Option<String> {
     // walkdir builds every path by joining names onto the root as given, so the root is a
     // byte prefix: slicing it off is much cheaper than `strip_prefix`, which compares
     // component by component, on a listing of millions of files.
-    let (root_bytes, bytes) = (
-        root.as_os_str().as_encoded_bytes(),
-        path.as_os_str().as_encoded_bytes(),
-    );
+    let (root_bytes, bytes) = (root.as_os_str().as_encoded_bytes(), path.as_os_str().as_encoded_bytes());
     if std::path::MAIN_SEPARATOR == '/' && bytes.starts_with(root_bytes) {
         let rel = &bytes[root_bytes.len()..];
         let rel = rel.strip_prefix(b"/").unwrap_or(rel);
@@ -133,11 +129,7 @@ fn relative_lossy(root: &Path, path: &Path) -> String {
 }
 
 /// The index range of `listing` whose keys lie in `[lo, hi)`.
-pub(crate) fn slice_bounds(
-    listing: &[Entry],
-    lo: Option<&Key>,
-    hi: Option<&Key>,
-) -> (usize, usize) {
+pub(crate) fn slice_bounds(listing: &[Entry], lo: Option<&Key>, hi: Option<&Key>) -> (usize, usize) {
     let start = lo.map_or(0, |lo| listing.partition_point(|e| &e.key < lo));
     let end = hi.map_or(listing.len(), |hi| listing.partition_point(|e| &e.key < hi));
     // A range with hi <= lo is empty rather than inverted.
@@ -146,8 +138,5 @@ pub(crate) fn slice_bounds(
 
 /// The entry with exactly `key`, if any.
 pub(crate) fn find<'l>(listing: &'l [Entry], key: &Key) -> Option<&'l Entry> {
-    listing
-        .binary_search_by(|e| e.key.cmp(key))
-        .ok()
-        .map(|i| &listing[i])
+    listing.binary_search_by(|e| e.key.cmp(key)).ok().map(|i| &listing[i])
 }

@@ -20,9 +20,7 @@ pub(crate) fn parse(raw: &str) -> Result<PathBuf, String> {
         .get(..5)
         .filter(|scheme| scheme.eq_ignore_ascii_case("file:"))
         .map(|_| &raw[5..])
-        .ok_or_else(|| {
-            "not a file: URL; a directory copy is file:///abs/path or file:relative/path".to_owned()
-        })?;
+        .ok_or_else(|| "not a file: URL; a directory copy is file:///abs/path or file:relative/path".to_owned())?;
     if rest.starts_with("//") {
         return parse_url(raw);
     }
@@ -33,9 +31,8 @@ pub(crate) fn parse(raw: &str) -> Result<PathBuf, String> {
     if path.is_absolute() {
         return Ok(path.to_path_buf());
     }
-    let cwd = std::env::current_dir().map_err(|e| {
-        format!("cannot resolve the relative path {rest:?}: no current directory: {e}")
-    })?;
+    let cwd = std::env::current_dir()
+        .map_err(|e| format!("cannot resolve the relative path {rest:?}: no current directory: {e}"))?;
     Ok(cwd.join(path))
 }
 
@@ -43,14 +40,9 @@ pub(crate) fn parse(raw: &str) -> Result<PathBuf, String> {
 fn parse_url(raw: &str) -> Result<PathBuf, String> {
     let url = url::Url::parse(raw).map_err(|e| format!("invalid file URL: {e}"))?;
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(
-            "a file URL takes no query or fragment; write '?' as %3F and '#' as %23".to_owned(),
-        );
+        return Err("a file URL takes no query or fragment; write '?' as %3F and '#' as %23".to_owned());
     }
-    if let Some(host) = url
-        .host_str()
-        .filter(|h| !h.is_empty() && *h != "localhost")
-    {
+    if let Some(host) = url.host_str().filter(|h| !h.is_empty() && *h != "localhost") {
         return Err(format!(
             "the URL names the host {host:?}; a local directory is file:///abs/path (three \
              slashes) or file:relative/path (none)"
@@ -66,18 +58,9 @@ mod tests {
 
     #[test]
     fn absolute_urls_are_decoded() {
-        assert_eq!(
-            parse("file:///srv/data").unwrap(),
-            PathBuf::from("/srv/data")
-        );
-        assert_eq!(
-            parse("FILE:///srv/my%20data/").unwrap(),
-            PathBuf::from("/srv/my data/")
-        );
-        assert_eq!(
-            parse("file://localhost/srv/data").unwrap(),
-            PathBuf::from("/srv/data")
-        );
+        assert_eq!(parse("file:///srv/data").unwrap(), PathBuf::from("/srv/data"));
+        assert_eq!(parse("FILE:///srv/my%20data/").unwrap(), PathBuf::from("/srv/my data/"));
+        assert_eq!(parse("file://localhost/srv/data").unwrap(), PathBuf::from("/srv/data"));
     }
 
     #[test]

@@ -20,10 +20,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
     join(location, tokio::task::spawn_blocking(f)).await
 }
 
-async fn join<T>(
-    location: &str,
-    handle: JoinHandle<Result<T, StoreError>>,
-) -> Result<T, StoreError> {
+async fn join<T>(location: &str, handle: JoinHandle<Result<T, StoreError>>) -> Result<T, StoreError> {
     match handle.await {
         Ok(result) => result,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

@@ -71,10 +71,7 @@ async fn full_schema(store: &FsStore) -> Schema {
 async fn keys_in(store: &FsStore, range: KeyRange) -> Vec<Key> {
     let schema = full_schema(store).await;
     let progress = Progress::default();
-    let rows = store
-        .scan_collect(&schema, range, &hasher(), &progress)
-        .await
-        .unwrap();
+    let rows = store.scan_collect(&schema, range, &hasher(), &progress).await.unwrap();
     assert_eq!(
         progress.load(Ordering::Relaxed),
         rows.len() as u64,
@@ -105,16 +102,10 @@ async fn keys_come_back_in_bytewise_order() {
     let dir = fixture(0..FILES.len());
     let store = open(dir.path());
     assert_eq!(keys_in(&store, KeyRange::all()).await, text_keys(SORTED));
-    let sample = store
-        .sample_keys(&full_schema(&store).await, 1000)
-        .await
-        .unwrap();
+    let sample = store.sample_keys(&full_schema(&store).await, 1000).await.unwrap();
     assert_eq!(sample.rows, SORTED.len() as u64);
     assert_eq!(sample.keys, text_keys(SORTED));
-    let few = store
-        .sample_keys(&full_schema(&store).await, 3)
-        .await
-        .unwrap();
+    let few = store.sample_keys(&full_schema(&store).await, 3).await.unwrap();
     assert_eq!(few.keys, text_keys(&[SORTED[0], SORTED[3], SORTED[6]]));
 }
 
@@ -167,10 +158,7 @@ async fn identical_directories_give_identical_trees() {
         .scan_collect(&schema, KeyRange::all(), &hasher(), &Progress::default())
         .await
         .unwrap();
-    assert_eq!(
-        Tree::build(&boundaries(), rows.iter().map(|(k, d)| (k, *d))),
-        a
-    );
+    assert_eq!(Tree::build(&boundaries(), rows.iter().map(|(k, d)| (k, *d))), a);
 }
 
 #[tokio::test]
@@ -180,12 +168,8 @@ async fn every_kind_of_change_changes_the_tree() {
         ("one byte, same size", |d| write(d, "a/b", b"nestex")),
         ("size", |d| write(d, "a/b", b"nested!")),
         ("new file", |d| write(d, "a/new", b"")),
-        ("new empty file in an empty dir", |d| {
-            write(d, "empty-dir/inner/x", b"")
-        }),
-        ("deleted file", |d| {
-            fs::remove_file(d.join("empty")).unwrap()
-        }),
+        ("new empty file in an empty dir", |d| write(d, "empty-dir/inner/x", b"")),
+        ("deleted file", |d| fs::remove_file(d.join("empty")).unwrap()),
         ("symlink retargeted", |d| {
             fs::remove_file(d.join("link")).unwrap();
             symlink("a.txt", d.join("link")).unwrap();
@@ -195,19 +179,11 @@ async fn every_kind_of_change_changes_the_tree() {
     let base_tree = tree_of(base.path()).await;
     for (what, change) in changes {
         let dir = fixture(0..FILES.len());
-        assert_eq!(
-            tree_of(dir.path()).await,
-            base_tree,
-            "{what}: before the change"
-        );
+        assert_eq!(tree_of(dir.path()).await, base_tree, "{what}: before the change");
         change(dir.path());
         let changed = tree_of(dir.path()).await;
         assert_ne!(changed.root(), base_tree.root(), "{what}");
-        assert_eq!(
-            changed.diff(&base_tree).len(),
-            1,
-            "{what}: one leaf differs"
-        );
+        assert_eq!(changed.diff(&base_tree).len(), 1, "{what}: one leaf differs");
     }
 }
 
@@ -234,19 +210,11 @@ async fn row_digests_follow_the_contract() {
             .collect();
         h.digest_row(Key::text(key).as_bytes(), &values, &mut Vec::new())
     };
-    let column_sets: [&[&str]; 4] = [
-        &["size", "content"],
-        &["content", "size"],
-        &["content"],
-        &["size"],
-    ];
+    let column_sets: [&[&str]; 4] = [&["size", "content"], &["content", "size"], &["content"], &["size"]];
     for h in [hasher(), RowHasher::new(DigestAlgorithm::Blake3, 7)] {
         for cols in column_sets {
             let names: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
-            let schema = store
-                .schema(&["key".to_owned()], Some(&names))
-                .await
-                .unwrap();
+            let schema = store.schema(&["key".to_owned()], Some(&names)).await.unwrap();
             let rows = store
                 .scan_collect(&schema, KeyRange::all(), &h, &Progress::default())
                 .await
@@ -273,14 +241,8 @@ async fn fetch_returns_whole_values_of_present_keys() {
             Key::text("with space.txt"),
             vec![Value::Int(15), Value::Bytes(b"spaces in names".to_vec())],
         ),
-        (
-            Key::text("link"),
-            vec![Value::Int(3), Value::Bytes(b"a/b".to_vec())],
-        ),
-        (
-            Key::text("empty"),
-            vec![Value::Int(0), Value::Bytes(Vec::new())],
-        ),
+        (Key::text("link"), vec![Value::Int(3), Value::Bytes(b"a/b".to_vec())]),
+        (Key::text("empty"), vec![Value::Int(0), Value::Bytes(Vec::new())]),
     ];
     assert_eq!(rows, want);
     let size_only = store.schema(&[], Some(&["size".to_owned()])).await.unwrap();
@@ -296,11 +258,7 @@ async fn schema_rejects_unknown_columns_naming_them() {
     let schema = full_schema(&store).await;
     assert_eq!(schema.key_names(), ["key"]);
     assert_eq!(
-        schema
-            .values
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect::<Vec<_>>(),
+        schema.values.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
         ["size", "content"]
     );
     let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -308,11 +266,7 @@ async fn schema_rejects_unknown_columns_naming_them() {
         (strings(&["id"]), None, "\"id\""),
         (strings(&["key", "key"]), None, "listed 2 times"),
         (strings(&[]), Some(strings(&["size", "mtime"])), "\"mtime\""),
-        (
-            strings(&[]),
-            Some(strings(&["size", "size"])),
-            "listed twice",
-        ),
+        (strings(&[]), Some(strings(&["size", "size"])), "listed twice"),
     ] {
         match store.schema(&key, cols.as_deref()).await {
             Err(StoreError::Schema { location, reason }) => {
@@ -357,16 +311,10 @@ async fn a_missing_directory_fails_to_open_naming_it() {
         store.sample_keys(&Schema::default(), 10).await.unwrap_err(),
     ] {
         assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains(&missing.display().to_string()),
-            "{err}"
-        );
+        assert!(err.to_string().contains(&missing.display().to_string()), "{err}");
     }
     write(dir.path(), "a-file", b"");
-    let err = open(&dir.path().join("a-file"))
-        .schema(&[], None)
-        .await
-        .unwrap_err();
+    let err = open(&dir.path().join("a-file")).schema(&[], None).await.unwrap_err();
     assert!(err.to_string().contains("not a directory"), "{err}");
 }
 
@@ -389,10 +337,7 @@ async fn a_file_gone_since_the_listing_is_a_read_error_naming_it() {
 fn open_accepts_file_urls_only() {
     let cwd = std::env::current_dir().unwrap();
     assert_eq!(FsStore::open("file:.").unwrap().root(), cwd.join("."));
-    assert_eq!(
-        FsStore::open("file:///srv/x").unwrap().location(),
-        "file:///srv/x"
-    );
+    assert_eq!(FsStore::open("file:///srv/x").unwrap().location(), "file:///srv/x");
     let err = FsStore::open("postgres://app:hunter2@db/x").unwrap_err();
     assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
     assert!(!err.to_string().contains("hunter2"), "{err}");

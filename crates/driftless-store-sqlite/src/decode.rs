@@ -91,15 +91,15 @@ pub fn encode(raw: ValueRef<'_>, ty: LogicalType, buf: &mut Vec<u8>) {
         (ValueRef::Integer(v), LogicalType::Number | LogicalType::Any) => encode_int(v, buf),
         (ValueRef::Real(f), LogicalType::Number | LogicalType::Any) => encode_float(f, buf),
         (ValueRef::Blob(b), ty) if ty != LogicalType::Uuid => encode_bytes(b, buf),
-        (ValueRef::Text(t), LogicalType::Text | LogicalType::Any | LogicalType::Bytes) if std::str::from_utf8(t).is_ok() => {
+        (ValueRef::Text(t), LogicalType::Text | LogicalType::Any | LogicalType::Bytes)
+            if std::str::from_utf8(t).is_ok() =>
+        {
             encode_text(t, buf)
         }
-        (ValueRef::Text(t), LogicalType::Timestamp) => {
-            match std::str::from_utf8(t).ok().and_then(parse_timestamp) {
-                Some(us) => encode_timestamp(us, buf),
-                None => value(raw, ty).encode(buf),
-            }
-        }
+        (ValueRef::Text(t), LogicalType::Timestamp) => match std::str::from_utf8(t).ok().and_then(parse_timestamp) {
+            Some(us) => encode_timestamp(us, buf),
+            None => value(raw, ty).encode(buf),
+        },
         _ => value(raw, ty).encode(buf),
     }
 }

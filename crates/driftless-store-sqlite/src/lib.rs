@@ -27,9 +27,7 @@ use async_trait::async_trait;
 use driftless_core::key::KeyBuilder;
 use driftless_core::tree::LeafBuilder;
 use driftless_core::{Boundaries, Key, KeyRange, RowHasher, Tree, Value};
-use driftless_store::{
-    Column, DigestBatch, DigestStream, Progress, Sample, Schema, Store, StoreError, redact_url,
-};
+use driftless_store::{Column, DigestBatch, DigestStream, Progress, Sample, Schema, Store, StoreError, redact_url};
 use raw::{RawError, for_each_row};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
@@ -64,7 +62,10 @@ impl SqliteStore {
     /// `sqlite:///abs/path.db`), read-only.
     pub async fn open(url: &str, table: &str) -> Result<SqliteStore, StoreError> {
         let location = format!("{} table {table:?}", redact_url(url));
-        let open_err = |reason: String| StoreError::Open { location: location.clone(), reason };
+        let open_err = |reason: String| StoreError::Open {
+            location: location.clone(),
+            reason,
+        };
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| open_err(format!("not a SQLite URL: {e}")))?
             .read_only(true)
@@ -74,7 +75,11 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| open_err(describe_open_error(&e)))?;
-        Ok(SqliteStore { location: location.into(), table: table.to_owned(), pool })
+        Ok(SqliteStore {
+            location: location.into(),
+            table: table.to_owned(),
+            pool,
+        })
     }
 
     async fn table_columns(&self) -> Result<Vec<TableColumn>, StoreError> {
@@ -99,11 +104,17 @@ impl SqliteStore {
     }
 
     fn read_err(&self, reason: String) -> StoreError {
-        StoreError::Read { location: self.location.to_string(), reason }
+        StoreError::Read {
+            location: self.location.to_string(),
+            reason,
+        }
     }
 
     fn schema_err(&self, reason: String) -> StoreError {
-        StoreError::Schema { location: self.location.to_string(), reason }
+        StoreError::Schema {
+            location: self.location.to_string(),
+            reason,
+        }
     }
 
     fn find<'c>(&self, columns: &'c [TableColumn], name: &str, role: &str) -> Result<&'c TableColumn, StoreError> {
@@ -162,7 +173,10 @@ impl RowReader {
 
 fn raw_value<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> Result<rusqlite::types::ValueRef<'r>, StoreError> {
     // The select list is built from the schema, so every index exists.
-    row.get_ref(i).map_err(|e| StoreError::Read { location: String::new(), reason: e.to_string() })
+    row.get_ref(i).map_err(|e| StoreError::Read {
+        location: String::new(),
+        reason: e.to_string(),
+    })
 }
 
 /// The key of a row whose first columns are the key columns.
@@ -200,13 +214,24 @@ impl Store for SqliteStore {
             }
             pk
         } else {
-            key.iter().map(|k| self.find(&table, k, "key")).collect::<Result<_, _>>()?
+            key.iter()
+                .map(|k| self.find(&table, k, "key"))
+                .collect::<Result<_, _>>()?
         };
         let value_cols: Vec<&TableColumn> = match columns {
-            Some(names) => names.iter().map(|n| self.find(&table, n, "compared")).collect::<Result<_, _>>()?,
-            None => table.iter().filter(|c| !key_cols.iter().any(|k| k.name == c.name)).collect(),
+            Some(names) => names
+                .iter()
+                .map(|n| self.find(&table, n, "compared"))
+                .collect::<Result<_, _>>()?,
+            None => table
+                .iter()
+                .filter(|c| !key_cols.iter().any(|k| k.name == c.name))
+                .collect(),
         };
-        let column = |c: &TableColumn| Column { name: c.name.clone(), ty: decode::logical_type(&c.declared) };
+        let column = |c: &TableColumn| Column {
+            name: c.name.clone(),
+            ty: decode::logical_type(&c.declared),
+        };
         Ok(Schema {
             key: key_cols.into_iter().map(column).collect(),
             values: value_cols.into_iter().map(column).collect(),
@@ -289,7 +314,12 @@ impl Store for SqliteStore {
         progress: &Progress,
     ) -> Result<Tree, StoreError> {
         let (sql, binds) = sql::range_select(&self.table, schema, &KeyRange::all()).map_err(|r| self.schema_err(r))?;
-        let state = (RowReader::new(self, schema, hasher), LeafBuilder::new(boundaries.clone()), 0u64, progress.clone());
+        let state = (
+            RowReader::new(self, schema, hasher),
+            LeafBuilder::new(boundaries.clone()),
+            0u64,
+            progress.clone(),
+        );
         let (_, leaves, rest, progress) = self
             .rows(sql, binds, state, |(reader, leaves, count, progress), row| {
                 let (key, digest) = reader.digest(row)?;
@@ -312,11 +342,19 @@ impl Store for SqliteStore {
             let key_cols = schema.key.len();
             let types: Vec<_> = schema.values.iter().map(|c| c.ty).collect();
             let found = self
-                .rows(sql::point_select(&self.table, schema), binds, None, move |found, row| {
-                    let values = types.iter().enumerate().map(|(i, ty)| Ok(decode::value(raw_value(row, key_cols + i)?, *ty)));
-                    *found = Some(values.collect::<Result<Vec<_>, StoreError>>()?);
-                    Ok(())
-                })
+                .rows(
+                    sql::point_select(&self.table, schema),
+                    binds,
+                    None,
+                    move |found, row| {
+                        let values = types
+                            .iter()
+                            .enumerate()
+                            .map(|(i, ty)| Ok(decode::value(raw_value(row, key_cols + i)?, *ty)));
+                        *found = Some(values.collect::<Result<Vec<_>, StoreError>>()?);
+                        Ok(())
+                    },
+                )
                 .await?;
             if let Some(values) = found {
                 out.push((key.clone(), values));
@@ -332,20 +370,24 @@ impl SqliteStore {
     /// few keys, and the caller then falls back to a stride over a key-only scan.
     async fn rowid_sample(&self, schema: &Schema, max: usize) -> Result<Option<Vec<Key>>, StoreError> {
         let bounds = format!("SELECT min(rowid), max(rowid) FROM {}", sql::ident(&self.table));
-        let Ok((Some(lo), Some(hi))) =
-            sqlx::query_as::<_, (Option<i64>, Option<i64>)>(&bounds).fetch_one(&self.pool).await
+        let Ok((Some(lo), Some(hi))) = sqlx::query_as::<_, (Option<i64>, Option<i64>)>(&bounds)
+            .fetch_one(&self.pool)
+            .await
         else {
             return Ok(None);
         };
         let step = ((hi - lo) / max.max(1) as i64).max(1);
         let binds = vec![lo.into(), step.into(), hi.into()];
-        self.collect_keys(sql::rowid_sample(&self.table, schema), binds, schema, 1).await.map(Some)
+        self.collect_keys(sql::rowid_sample(&self.table, schema), binds, schema, 1)
+            .await
+            .map(Some)
     }
 
     /// Every `rows / max`-th key of a key-only scan in key order.
     async fn stride_sample(&self, schema: &Schema, rows: u64, max: usize) -> Result<Vec<Key>, StoreError> {
         let stride = (rows / max.max(1) as u64).max(1);
-        self.collect_keys(sql::key_select(&self.table, schema), Vec::new(), schema, stride).await
+        self.collect_keys(sql::key_select(&self.table, schema), Vec::new(), schema, stride)
+            .await
     }
 
     async fn collect_keys(
@@ -369,14 +411,22 @@ impl SqliteStore {
     }
 
     /// Runs a query on the raw path, turning failures into this store's errors.
-    async fn rows<S, F>(&self, sql: String, binds: Vec<rusqlite::types::Value>, state: S, on_row: F) -> Result<S, StoreError>
+    async fn rows<S, F>(
+        &self,
+        sql: String,
+        binds: Vec<rusqlite::types::Value>,
+        state: S,
+        on_row: F,
+    ) -> Result<S, StoreError>
     where
         S: Send + 'static,
         F: Fn(&mut S, &rusqlite::Row<'_>) -> Result<(), StoreError> + Send + 'static,
     {
-        for_each_row(&self.pool, sql, binds, state, on_row).await.map_err(|e| match e {
-            RawError::Sql(reason) => self.read_err(reason),
-            RawError::Row(e) => e,
-        })
+        for_each_row(&self.pool, sql, binds, state, on_row)
+            .await
+            .map_err(|e| match e {
+                RawError::Sql(reason) => self.read_err(reason),
+                RawError::Row(e) => e,
+            })
     }
 }

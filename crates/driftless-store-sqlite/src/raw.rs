@@ -39,7 +39,8 @@ where
     let task = tokio::task::spawn_blocking(move || {
         step_all(&runtime, conn, &sql, binds, &mut |row| on_row(&mut state, row)).map(|()| state)
     });
-    task.await.map_err(|e| RawError::Sql(format!("read task failed: {e}")))?
+    task.await
+        .map_err(|e| RawError::Sql(format!("read task failed: {e}")))?
 }
 
 fn step_all<E>(
@@ -50,7 +51,9 @@ fn step_all<E>(
     on_row: &mut impl FnMut(&rusqlite::Row<'_>) -> Result<(), E>,
 ) -> Result<(), RawError<E>> {
     let sql_err = |e: rusqlite::Error| RawError::Sql(e.to_string());
-    let mut locked = runtime.block_on(conn.lock_handle()).map_err(|e| RawError::Sql(e.to_string()))?;
+    let mut locked = runtime
+        .block_on(conn.lock_handle())
+        .map_err(|e| RawError::Sql(e.to_string()))?;
     let handle = locked.as_raw_handle();
     // SAFETY: `locked` holds sqlx's lock on this connection until the end of this function,
     // so nothing else uses the handle meanwhile, and the handle outlives `db`, which is

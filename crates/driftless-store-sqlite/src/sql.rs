@@ -11,7 +11,11 @@ pub fn ident(name: &str) -> String {
 }
 
 fn key_list(schema: &Schema) -> String {
-    let cols: Vec<String> = schema.key.iter().map(|c| format!("{} COLLATE BINARY", ident(&c.name))).collect();
+    let cols: Vec<String> = schema
+        .key
+        .iter()
+        .map(|c| format!("{} COLLATE BINARY", ident(&c.name)))
+        .collect();
     cols.join(", ")
 }
 
@@ -25,11 +29,7 @@ fn select_list(schema: &Schema, with_values: bool) -> String {
 
 /// `SELECT key, values FROM t WHERE (key) >= (lo) AND (key) < (hi) ORDER BY key`,
 /// with the values to bind in order.
-pub fn range_select(
-    table: &str,
-    schema: &Schema,
-    range: &KeyRange,
-) -> Result<(String, Vec<Bind>), String> {
+pub fn range_select(table: &str, schema: &Schema, range: &KeyRange) -> Result<(String, Vec<Bind>), String> {
     let keys = key_list(schema);
     let mut sql = format!("SELECT {} FROM {}", select_list(schema, true), ident(table));
     let mut binds = Vec::new();
@@ -53,7 +53,12 @@ pub fn range_select(
 
 /// Key columns only, in key order.
 pub fn key_select(table: &str, schema: &Schema) -> String {
-    format!("SELECT {} FROM {} ORDER BY {}", select_list(schema, false), ident(table), key_list(schema))
+    format!(
+        "SELECT {} FROM {} ORDER BY {}",
+        select_list(schema, false),
+        ident(table),
+        key_list(schema)
+    )
 }
 
 /// The rows at rowids `lo, lo + step, ...` up to `hi`: a systematic sample.
@@ -69,9 +74,18 @@ pub fn rowid_sample(table: &str, schema: &Schema) -> String {
 
 /// One row by key.
 pub fn point_select(table: &str, schema: &Schema) -> String {
-    let cond: Vec<String> =
-        schema.key.iter().enumerate().map(|(i, c)| format!("{} = ?{}", ident(&c.name), i + 1)).collect();
-    format!("SELECT {} FROM {} WHERE {}", select_list(schema, true), ident(table), cond.join(" AND "))
+    let cond: Vec<String> = schema
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = ?{}", ident(&c.name), i + 1))
+        .collect();
+    format!(
+        "SELECT {} FROM {} WHERE {}",
+        select_list(schema, true),
+        ident(table),
+        cond.join(" AND ")
+    )
 }
 
 /// The bind values of a key's parts. Uuids bind as their lower-case text, the form
@@ -88,4 +102,3 @@ pub fn key_binds(key: &Key) -> Result<Vec<Bind>, String> {
         })
         .collect())
 }
-

@@ -103,7 +103,11 @@ pub struct Loaded {
 impl Loaded {
     /// `path:line` of a byte span in the file.
     pub fn at(&self, span: Range<usize>) -> String {
-        Source { path: &self.path, text: &self.text }.at(span)
+        Source {
+            path: &self.path,
+            text: &self.text,
+        }
+        .at(span)
     }
 }
 
@@ -134,7 +138,12 @@ pub fn load(path: &Path) -> Result<Loaded> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    Ok(Loaded { config, path: path.to_path_buf(), dir, text })
+    Ok(Loaded {
+        config,
+        path: path.to_path_buf(),
+        dir,
+        text,
+    })
 }
 
 /// Replaces `${VAR}` in every URL and endpoint.
@@ -149,7 +158,8 @@ fn substitute_env(config: &mut Config, loaded: &Source<'_>) -> Result<()> {
     }
     if let Some(control) = &mut config.control {
         let span = control.url.span();
-        let value = expand(control.url.get_ref()).with_context(|| format!("{}: [control] url", loaded.at(span.clone())))?;
+        let value =
+            expand(control.url.get_ref()).with_context(|| format!("{}: [control] url", loaded.at(span.clone())))?;
         control.url = Spanned::new(span, value);
     }
     for (copy, what) in copies {
@@ -171,7 +181,9 @@ pub fn expand(s: &str) -> Result<String> {
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else { bail!("unclosed `${{` in value") };
+        let Some(end) = after.find('}') else {
+            bail!("unclosed `${{` in value")
+        };
         let name = &after[..end];
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             bail!("`${{{name}}}` is not a valid environment variable reference");
@@ -193,15 +205,25 @@ fn check(config: &Config, loaded: &Source<'_>) -> Result<()> {
             bail!("{}: dataset {name:?} is defined twice", loaded.at(d.name.span()));
         }
         if let Some(n) = &d.canonical.name {
-            bail!("{}: dataset {name:?}: the canonical copy takes no `name`", loaded.at(n.span()));
+            bail!(
+                "{}: dataset {name:?}: the canonical copy takes no `name`",
+                loaded.at(n.span())
+            );
         }
         let mut stages = HashSet::new();
         for s in &d.stages {
             let Some(stage) = &s.name else {
-                bail!("{}: dataset {name:?}: every stage needs a `name`", loaded.at(s.url.span()));
+                bail!(
+                    "{}: dataset {name:?}: every stage needs a `name`",
+                    loaded.at(s.url.span())
+                );
             };
             if !stages.insert(stage.get_ref().as_str()) {
-                bail!("{}: dataset {name:?}: stage {:?} is defined twice", loaded.at(stage.span()), stage.get_ref());
+                bail!(
+                    "{}: dataset {name:?}: stage {:?} is defined twice",
+                    loaded.at(stage.span()),
+                    stage.get_ref()
+                );
             }
         }
     }
@@ -221,9 +243,17 @@ impl Config {
         for n in names {
             if !self.datasets.iter().any(|d| d.name.get_ref() == n) {
                 let known: Vec<&str> = self.datasets.iter().map(|d| d.name.get_ref().as_str()).collect();
-                bail!("no dataset named {n:?} in {} (datasets: {})", loaded_path.display(), known.join(", "));
+                bail!(
+                    "no dataset named {n:?} in {} (datasets: {})",
+                    loaded_path.display(),
+                    known.join(", ")
+                );
             }
         }
-        Ok(self.datasets.iter().filter(|d| names.is_empty() || names.contains(d.name.get_ref())).collect())
+        Ok(self
+            .datasets
+            .iter()
+            .filter(|d| names.is_empty() || names.contains(d.name.get_ref()))
+            .collect())
     }
 }

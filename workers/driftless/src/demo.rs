@@ -24,6 +24,14 @@ const STAGES: [&str; 3] = ["playground", "test", "production"];
 /// One injected divergence: dataset, stage, key as JSON text, kind.
 type Expected = (String, String, String, String);
 
+/// A stage of the demo table: its name, the SQL that injects its drift, and the
+/// divergences that SQL makes as `(id, kind)`.
+struct StageDrift {
+    stage: &'static str,
+    sql: &'static str,
+    divergences: &'static [(i64, &'static str)],
+}
+
 /// Builds the demo, scans it, prints the report; `Ok(false)` when the report names exactly
 /// the injected drift (the demo's own success), an error otherwise.
 pub async fn run(args: &DemoArgs) -> Result<bool> {
@@ -44,7 +52,9 @@ pub async fn run(args: &DemoArgs) -> Result<bool> {
         .iter()
         .flat_map(|d| {
             d.stages.iter().flat_map(move |s| {
-                s.divergences.iter().map(move |v| (d.dataset.clone(), s.stage.clone(), v.key.to_string(), v.kind.to_owned()))
+                s.divergences
+                    .iter()
+                    .map(move |v| (d.dataset.clone(), s.stage.clone(), v.key.to_string(), v.kind.to_owned()))
             })
         })
         .collect();
@@ -85,7 +95,10 @@ stages = [
 fn prepare_dir(dir: &Path) -> Result<()> {
     if dir.exists() {
         if !dir.join(MARKER).exists() {
-            bail!("{} exists and was not made by `driftless demo`; choose another --dir", dir.display());
+            bail!(
+                "{} exists and was not made by `driftless demo`; choose another --dir",
+                dir.display()
+            );
         }
         std::fs::remove_dir_all(dir).with_context(|| format!("removing the old demo in {}", dir.display()))?;
     }
@@ -95,7 +108,9 @@ fn prepare_dir(dir: &Path) -> Result<()> {
 
 async fn open_new(path: &Path) -> Result<SqliteConnection> {
     let options = SqliteConnectOptions::new().filename(path).create_if_missing(true);
-    SqliteConnection::connect_with(&options).await.with_context(|| format!("creating {}", path.display()))
+    SqliteConnection::connect_with(&options)
+        .await
+        .with_context(|| format!("creating {}", path.display()))
 }
 
 async fn build_tables(dir: &Path, expected: &mut BTreeSet<Expected>) -> Result<()> {
@@ -118,26 +133,40 @@ async fn build_tables(dir: &Path, expected: &mut BTreeSet<Expected>) -> Result<(
     .await?;
     db.close().await?;
 
-    // (stage, SQL that injects drift, the divergences it makes)
-    let drift: [(&str, &str, &[(i64, &str)]); 3] = [
-        (
-            "playground",
-            "DELETE FROM tax_rules WHERE id IN (17, 4242); \
+    let drift = [
+        StageDrift {
+            stage: "playground",
+            sql: "DELETE FROM tax_rules WHERE id IN (17, 4242); \
              INSERT INTO tax_rules VALUES (5001, 'eu-west', 0.21, '2024-06-01 00:00:00', ''); \
              UPDATE tax_rules SET rate = 0.99 WHERE id = 100; \
              UPDATE tax_rules SET note = NULL WHERE id = 2001;",
-            &[(17, "missing"), (4242, "missing"), (5001, "extra"), (100, "changed"), (2001, "changed")],
-        ),
-        (
-            "test",
+            divergences: &[
+                (17, "missing"),
+                (4242, "missing"),
+                (5001, "extra"),
+                (100, "changed"),
+                (2001, "changed"),
+            ],
+        },
+        StageDrift {
+            stage: "test",
             // The same instant written with an offset is not drift; a different one is.
-            "UPDATE tax_rules SET valid_from = '2024-01-01T01:00:00+01:00' WHERE id = 12; \
-             UPDATE tax_rules SET valid_from = '2024-01-02 00:00:00' WHERE id = 3000;",
-            &[(3000, "changed")],
-        ),
-        ("production", "", &[]),
+            sql: "UPDATE tax_rules SET valid_from = '2024-01-01T01:00:00+01:00' WHERE id = 12; \
+                  UPDATE tax_rules SET valid_from = '2024-01-02 00:00:00' WHERE id = 3000;",
+            divergences: &[(3000, "changed")],
+        },
+        StageDrift {
+            stage: "production",
+            sql: "",
+            divergences: &[],
+        },
     ];
-    for (stage, sql, divergences) in drift {
+    for StageDrift {
+        stage,
+        sql,
+        divergences,
+    } in drift
+    {
         let path = dir.join(format!("{stage}.db"));
         std::fs::copy(&canonical, &path).with_context(|| format!("creating {}", path.display()))?;
         if !sql.is_empty() {
@@ -146,7 +175,12 @@ async fn build_tables(dir: &Path, expected: &mut BTreeSet<Expected>) -> Result<(
             db.close().await?;
         }
         for (id, kind) in divergences {
-            expected.insert(("tax_rules".into(), stage.into(), json!({ "id": id }).to_string(), (*kind).into()));
+            expected.insert((
+                "tax_rules".into(),
+                stage.into(),
+                json!({ "id": id }).to_string(),
+                (*kind).into(),
+            ));
         }
     }
     Ok(())
@@ -169,7 +203,12 @@ fn build_directories(dir: &Path, expected: &mut BTreeSet<Expected>) -> Result<()
         write(&root, "empty.txt", b"")?;
     }
     let mut inject = |stage: &str, key: String, kind: &str| {
-        expected.insert(("assets".into(), stage.into(), json!({ "key": key }).to_string(), kind.into()));
+        expected.insert((
+            "assets".into(),
+            stage.into(),
+            json!({ "key": key }).to_string(),
+            kind.into(),
+        ));
     };
     let playground = dir.join("playground-assets");
     write(&playground, &name(5), b"{\"asset\": 5, \"edited\": true}")?;

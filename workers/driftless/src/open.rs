@@ -16,7 +16,10 @@ pub async fn open_copy(copy: &CopyConfig, loaded: &Loaded, what: &str) -> Result
     let url = copy.url.get_ref();
     let at = loaded.at(copy.url.span());
     let Some((scheme, rest)) = url.split_once(':') else {
-        bail!("{at}: {what}: url {:?} is not a URL (expected sqlite://, file://, ...)", redacted(url));
+        bail!(
+            "{at}: {what}: url {:?} is not a URL (expected sqlite://, file://, ...)",
+            redacted(url)
+        );
     };
     let needs_table = |table: &Option<String>| match table {
         Some(t) => Ok(t.clone()),
@@ -30,7 +33,11 @@ pub async fn open_copy(copy: &CopyConfig, loaded: &Loaded, what: &str) -> Result
         "sqlite" => {
             let table = needs_table(&copy.table)?;
             let url = resolve_sqlite(rest, &loaded.dir);
-            Arc::new(SqliteStore::open(&url, &table).await.map_err(|e| anyhow::anyhow!("{what}: {e}"))?)
+            Arc::new(
+                SqliteStore::open(&url, &table)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{what}: {e}"))?,
+            )
         }
         "file" => {
             no_table("directory")?;

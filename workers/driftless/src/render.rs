@@ -14,7 +14,11 @@ const TABLE_KEYS_PER_STAGE: usize = 20;
 
 /// Writes the report where and how `output` says.
 pub fn write(report: &RunReport, output: &OutputArgs) -> Result<()> {
-    let format = output.report.unwrap_or(if default_is_table(output) { ReportFormat::Table } else { ReportFormat::Json });
+    let format = output.report.unwrap_or(if default_is_table(output) {
+        ReportFormat::Table
+    } else {
+        ReportFormat::Json
+    });
     let text = match format {
         ReportFormat::Json => serde_json::to_string_pretty(report).context("serialising the report")? + "\n",
         ReportFormat::Table => table(report),
@@ -23,7 +27,9 @@ pub fn write(report: &RunReport, output: &OutputArgs) -> Result<()> {
         Some(path) => std::fs::write(path, text).with_context(|| format!("cannot write report to {}", path.display())),
         None => {
             let mut out = std::io::stdout().lock();
-            out.write_all(text.as_bytes()).and_then(|_| out.flush()).context("writing the report")
+            out.write_all(text.as_bytes())
+                .and_then(|_| out.flush())
+                .context("writing the report")
         }
     }
 }
@@ -32,8 +38,25 @@ pub fn write(report: &RunReport, output: &OutputArgs) -> Result<()> {
 pub fn table(report: &RunReport) -> String {
     let mut s = String::new();
     // Writing to a String cannot fail, here and below.
-    writeln!(s, "run {}, mode {}", report.run_id, serde_json::to_value(report.mode).unwrap_or_default().as_str().unwrap_or("?")).unwrap();
-    let header = ["dataset", "stage", "canonical", "stage rows", "divergent", "repaired", "status"];
+    writeln!(
+        s,
+        "run {}, mode {}",
+        report.run_id,
+        serde_json::to_value(report.mode)
+            .unwrap_or_default()
+            .as_str()
+            .unwrap_or("?")
+    )
+    .unwrap();
+    let header = [
+        "dataset",
+        "stage",
+        "canonical",
+        "stage rows",
+        "divergent",
+        "repaired",
+        "status",
+    ];
     let mut rows: Vec<[String; 7]> = Vec::new();
     for d in &report.datasets {
         for st in &d.stages {
@@ -49,8 +72,15 @@ pub fn table(report: &RunReport) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> =
-        (0..header.len()).map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let line = |cells: &[&str]| {
         let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         padded.join("  ").trim_end().to_owned()
@@ -66,8 +96,12 @@ pub fn table(report: &RunReport) -> String {
                 writeln!(s, "  {:<9} {}", div.kind, div.key).unwrap();
             }
             if st.divergences.len() > TABLE_KEYS_PER_STAGE {
-                writeln!(s, "  ... and {} more (use --report json for all)", st.divergences.len() - TABLE_KEYS_PER_STAGE)
-                    .unwrap();
+                writeln!(
+                    s,
+                    "  ... and {} more (use --report json for all)",
+                    st.divergences.len() - TABLE_KEYS_PER_STAGE
+                )
+                .unwrap();
             }
         }
     }

@@ -30,7 +30,10 @@ pub async fn scan_loaded(loaded: &Loaded, datasets: &[String], stages: &[String]
     let selected = loaded.config.select(datasets, &loaded.path)?;
     for s in stages {
         if !selected.iter().any(|d| d.stages.iter().any(|st| st.stage_name() == s)) {
-            bail!("no stage named {s:?} in the selected datasets of {}", loaded.path.display());
+            bail!(
+                "no stage named {s:?} in the selected datasets of {}",
+                loaded.path.display()
+            );
         }
     }
     let hasher = RowHasher::new(loaded.config.digest.algorithm, loaded.config.digest.seed);
@@ -39,9 +42,16 @@ pub async fn scan_loaded(loaded: &Loaded, datasets: &[String], stages: &[String]
         let name = d.name.get_ref();
         let canonical = open_copy(&d.canonical, loaded, &format!("dataset {name:?}, canonical copy")).await?;
         let mut copies = Vec::new();
-        for s in d.stages.iter().filter(|s| stages.is_empty() || stages.iter().any(|n| n == s.stage_name())) {
+        for s in d
+            .stages
+            .iter()
+            .filter(|s| stages.is_empty() || stages.iter().any(|n| n == s.stage_name()))
+        {
             let what = format!("dataset {name:?}, stage {:?}", s.stage_name());
-            copies.push(CopyRef { name: s.stage_name().to_owned(), store: open_copy(s, loaded, &what).await? });
+            copies.push(CopyRef {
+                name: s.stage_name().to_owned(),
+                store: open_copy(s, loaded, &what).await?,
+            });
         }
         plans.push(DatasetPlan {
             name: name.clone(),
@@ -61,7 +71,11 @@ pub async fn scan_loaded(loaded: &Loaded, datasets: &[String], stages: &[String]
         reports.push(report.inspect_err(|_| bar.abandon())?);
     }
     bar.finish_and_clear();
-    Ok(RunReport { run_id: uuid::Uuid::now_v7().to_string(), mode: Mode::Scan, datasets: reports })
+    Ok(RunReport {
+        run_id: uuid::Uuid::now_v7().to_string(),
+        mode: Mode::Scan,
+        datasets: reports,
+    })
 }
 
 /// A progress bar on a terminal, fed from the engine's counters; hidden when piped.

@@ -16,13 +16,19 @@ fn run(dir: &Path, args: &[&str]) -> Outcome {
         .env("RUST_BACKTRACE", "1")
         .output()
         .expect("the binary starts");
-    Outcome { code: out.status.code(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    Outcome {
+        code: out.status.code(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 /// Writes `config` and a valid SQLite copy next to it, then scans with `args`.
 fn scan_with(config: &str, args: &[&str]) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
-    make_db(&dir.path().join("a.db"), "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE nokey (id INTEGER, v TEXT);");
+    make_db(
+        &dir.path().join("a.db"),
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE nokey (id INTEGER, v TEXT);",
+    );
     std::fs::write(dir.path().join("driftless.toml"), config).unwrap();
     let mut full = vec!["scan", "--report", "json"];
     full.extend_from_slice(args);
@@ -33,7 +39,9 @@ fn make_db(path: &Path, sql: &str) {
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     runtime.block_on(async {
         use sqlx::Connection;
-        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).create_if_missing(true);
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true);
         let mut db = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
         sqlx::raw_sql(sql).execute(&mut db).await.unwrap();
         db.close().await.unwrap();
@@ -78,7 +86,10 @@ fn missing_required_field_names_it() {
 #[test]
 fn table_without_primary_key_and_no_key_names_dataset_and_copy() {
     let config = GOOD_DATASET.replace("table = \"t\"", "table = \"nokey\"");
-    assert_clean_error(&scan_with(&config, &[]), &["dataset \"d\"", "canonical", "no primary key", "key"]);
+    assert_clean_error(
+        &scan_with(&config, &[]),
+        &["dataset \"d\"", "canonical", "no primary key", "key"],
+    );
 }
 
 #[test]
@@ -89,15 +100,27 @@ fn missing_key_column_names_it() {
 
 #[test]
 fn bad_url_names_line_and_scheme() {
-    let config = GOOD_DATASET.replace("url = \"sqlite://a.db\", table = \"t\" }\nstages", "url = \"mysqlx://a.db\", table = \"t\" }\nstages");
+    let config = GOOD_DATASET.replace(
+        "url = \"sqlite://a.db\", table = \"t\" }\nstages",
+        "url = \"mysqlx://a.db\", table = \"t\" }\nstages",
+    );
     assert_clean_error(&scan_with(&config, &[]), &["driftless.toml:4", "mysqlx", "canonical"]);
-    let config = GOOD_DATASET.replace("{ name = \"s\", url = \"sqlite://a.db\"", "{ name = \"s\", url = \"no-scheme\"");
-    assert_clean_error(&scan_with(&config, &[]), &["driftless.toml:5", "stage \"s\"", "not a URL"]);
+    let config = GOOD_DATASET.replace(
+        "{ name = \"s\", url = \"sqlite://a.db\"",
+        "{ name = \"s\", url = \"no-scheme\"",
+    );
+    assert_clean_error(
+        &scan_with(&config, &[]),
+        &["driftless.toml:5", "stage \"s\"", "not a URL"],
+    );
 }
 
 #[test]
 fn password_never_printed() {
-    let config = GOOD_DATASET.replace("sqlite://a.db\", table = \"t\" }\nstages", "postgres://app:hunter2@127.0.0.1:1/x\", table = \"t\" }\nstages");
+    let config = GOOD_DATASET.replace(
+        "sqlite://a.db\", table = \"t\" }\nstages",
+        "postgres://app:hunter2@127.0.0.1:1/x\", table = \"t\" }\nstages",
+    );
     let out = scan_with(&config, &[]);
     assert_clean_error(&out, &["canonical"]);
     assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
@@ -105,13 +128,22 @@ fn password_never_printed() {
 
 #[test]
 fn unset_environment_variable_names_it() {
-    let config = GOOD_DATASET.replace("sqlite://a.db\", table = \"t\" }\nstages", "sqlite://${DRIFTLESS_TEST_UNSET_VAR}\", table = \"t\" }\nstages");
-    assert_clean_error(&scan_with(&config, &[]), &["DRIFTLESS_TEST_UNSET_VAR", "driftless.toml:4"]);
+    let config = GOOD_DATASET.replace(
+        "sqlite://a.db\", table = \"t\" }\nstages",
+        "sqlite://${DRIFTLESS_TEST_UNSET_VAR}\", table = \"t\" }\nstages",
+    );
+    assert_clean_error(
+        &scan_with(&config, &[]),
+        &["DRIFTLESS_TEST_UNSET_VAR", "driftless.toml:4"],
+    );
 }
 
 #[test]
 fn unknown_dataset_or_stage_names_it() {
-    assert_clean_error(&scan_with(GOOD_DATASET, &["--dataset", "nope"]), &["\"nope\"", "datasets: d"]);
+    assert_clean_error(
+        &scan_with(GOOD_DATASET, &["--dataset", "nope"]),
+        &["\"nope\"", "datasets: d"],
+    );
     assert_clean_error(&scan_with(GOOD_DATASET, &["--stage", "nope"]), &["\"nope\""]);
 }
 
@@ -119,16 +151,25 @@ fn unknown_dataset_or_stage_names_it() {
 fn missing_files_name_the_path() {
     let dir = tempfile::tempdir().unwrap();
     assert_clean_error(&run(dir.path(), &["scan", "--config", "absent.toml"]), &["absent.toml"]);
-    let config = GOOD_DATASET.replace("sqlite://a.db\", table = \"t\" }\nstages", "sqlite://absent.db\", table = \"t\" }\nstages");
+    let config = GOOD_DATASET.replace(
+        "sqlite://a.db\", table = \"t\" }\nstages",
+        "sqlite://absent.db\", table = \"t\" }\nstages",
+    );
     assert_clean_error(&scan_with(&config, &[]), &["absent.db", "canonical", "not found"]);
     let config = GOOD_DATASET.replace("table = \"t\" }\nstages", "table = \"absent_table\" }\nstages");
     assert_clean_error(&scan_with(&config, &[]), &["absent_table", "table not found"]);
-    let config = GOOD_DATASET.replace("url = \"sqlite://a.db\", table = \"t\" }\nstages", "url = \"file:absent-dir\" }\nstages");
+    let config = GOOD_DATASET.replace(
+        "url = \"sqlite://a.db\", table = \"t\" }\nstages",
+        "url = \"file:absent-dir\" }\nstages",
+    );
     assert_clean_error(&scan_with(&config, &[]), &["absent-dir", "canonical"]);
 }
 
 #[test]
 fn duplicate_names_are_rejected() {
     let config = format!("{GOOD_DATASET}{GOOD_DATASET}");
-    assert_clean_error(&scan_with(&config, &[]), &["\"d\" is defined twice", "driftless.toml:8"]);
+    assert_clean_error(
+        &scan_with(&config, &[]),
+        &["\"d\" is defined twice", "driftless.toml:8"],
+    );
 }

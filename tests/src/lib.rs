@@ -63,7 +63,7 @@ pub fn driftless(dir: &Path, args: &[&str]) -> Run {
 }
 
 /// `(stage, key as JSON text, kind)` of every divergence in a report.
-pub fn divergences(report: &Json) -> BTreeSet<(String, String, String)> {
+pub fn divergences(report: &Json) -> BTreeSet<Named> {
     let mut out = BTreeSet::new();
     for d in report["datasets"].as_array().expect("datasets is an array") {
         for s in d["stages"].as_array().expect("stages is an array") {
@@ -78,6 +78,19 @@ pub fn divergences(report: &Json) -> BTreeSet<(String, String, String)> {
         }
     }
     out
+}
+
+/// A divergence as the tests compare them: `(stage, key as JSON text, kind)`.
+pub type Named = (String, String, String);
+
+/// Asserts a report named exactly `expected`, listing what was missed and what was surplus.
+pub fn assert_exactly(expected: &BTreeSet<Named>, found: &BTreeSet<Named>) {
+    let missed: Vec<_> = expected.difference(found).collect();
+    let surplus: Vec<_> = found.difference(expected).collect();
+    assert!(
+        missed.is_empty() && surplus.is_empty(),
+        "not found: {missed:?}\nnot injected: {surplus:?}"
+    );
 }
 
 /// Opens (creating if needed) a SQLite database file for writing test data.

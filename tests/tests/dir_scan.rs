@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
-use driftless_tests::{Rng, divergences, driftless, write_config};
+use driftless_tests::{Rng, assert_exactly, divergences, driftless, write_config};
 use serde_json::json;
 
 const FILES: usize = 100_000;
@@ -118,11 +118,6 @@ fn hundred_thousand_files_scan_names_exactly_the_changed_paths() {
     let run = driftless(dir.path(), &["scan", "--report", "json"]);
     assert_eq!(run.code, Some(2), "diverged trees: {}", run.stderr);
     let found = divergences(&run.report());
-    let missed: Vec<_> = expected.difference(&found).collect();
-    let surplus: Vec<_> = found.difference(&expected).collect();
-    assert!(
-        missed.is_empty() && surplus.is_empty(),
-        "not found: {missed:?}\nnot injected: {surplus:?}"
-    );
+    assert_exactly(&expected, &found);
     assert_eq!(found.len(), 20);
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use driftless_tests::{Rng, divergences, driftless, sqlite_exec, write_config};
+use driftless_tests::{Rng, assert_exactly, divergences, driftless, sqlite_exec, write_config};
 use serde_json::json;
 
 const ROWS: u64 = 1_000_000;
@@ -173,12 +173,7 @@ async fn million_row_composite_key_scan_names_exactly_the_mutated_keys() {
     let run = driftless(dir.path(), &["scan", "--stage", "diverged", "--report", "json"]);
     assert_eq!(run.code, Some(2), "diverged copies: {}", run.stderr);
     let found = divergences(&run.report());
-    let missed: Vec<_> = expected.difference(&found).collect();
-    let surplus: Vec<_> = found.difference(&expected).collect();
-    assert!(
-        missed.is_empty() && surplus.is_empty(),
-        "not found: {missed:?}\nnot injected: {surplus:?}"
-    );
+    assert_exactly(&expected, &found);
     assert!(
         expected.len() >= 3 * MUTATIONS_PER_KIND,
         "the test must mutate something"

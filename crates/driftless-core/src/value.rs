@@ -102,6 +102,33 @@ impl Value {
         }
     }
 
+    /// A value of logical type `ty` from its text form, as SQLite stores dynamically typed
+    /// values and as PostgreSQL prints any value cast to text. Text that does not parse as
+    /// `ty` stays text, so it digests differently from every value of that type.
+    pub fn from_text(s: &str, ty: LogicalType) -> Value {
+        let parsed = match ty {
+            LogicalType::Number => canonical_decimal(s).map(Value::Decimal).or_else(|| match s.trim() {
+                "NaN" => Some(Value::Float(f64::NAN)),
+                "Infinity" | "inf" => Some(Value::Float(f64::INFINITY)),
+                "-Infinity" | "-inf" => Some(Value::Float(f64::NEG_INFINITY)),
+                _ => None,
+            }),
+            LogicalType::Bool => match s.trim().to_ascii_lowercase().as_str() {
+                "1" | "t" | "true" | "yes" | "on" => Some(Value::Bool(true)),
+                "0" | "f" | "false" | "no" | "off" => Some(Value::Bool(false)),
+                _ => None,
+            },
+            LogicalType::Timestamp => parse_timestamp(s).map(Value::Timestamp),
+            LogicalType::Date => parse_date(s).map(Value::Date),
+            LogicalType::Uuid => crate::key::parse_uuid(s).map(Value::Uuid),
+            LogicalType::Json => return Value::json_or_text(s),
+            // PostgreSQL prints bytea as `\x` and hex digits.
+            LogicalType::Bytes => s.strip_prefix("\\x").and_then(parse_hex).map(Value::Bytes),
+            LogicalType::Text | LogicalType::Any => None,
+        };
+        parsed.unwrap_or_else(|| Value::Text(s.to_owned()))
+    }
+
     /// A number parsed from text, or the text itself when it is not a number: a number that
     /// was stored as text compares equal to the number, and garbage still compares unequal.
     pub fn number_or_text(s: &str) -> Value {
@@ -122,6 +149,16 @@ impl Value {
 
 // The `encode_*` functions write what [`Value::encode`] writes for the matching variant,
 // without building a value: stores call them on the hot path of a scan.
+
+fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
 
 /// Encodes NULL.
 pub fn encode_null(buf: &mut Vec<u8>) {
@@ -472,6 +509,29 @@ mod tests {
         assert_ne!(enc(&Value::Null), enc(&Value::Text(String::new())));
         assert_ne!(enc(&Value::Null), enc(&Value::Bytes(Vec::new())));
         assert_ne!(enc(&Value::Text(String::new())), enc(&Value::Bytes(Vec::new())));
+    }
+
+    #[test]
+    fn text_forms_parse_into_their_types() {
+        assert_eq!(
+            Value::from_text("\\x00ff", LogicalType::Bytes),
+            Value::Bytes(vec![0, 255])
+        );
+        assert_eq!(Value::from_text("\\x0", LogicalType::Bytes), Value::Text("\\x0".into()));
+        assert_eq!(Value::from_text("t", LogicalType::Bool), Value::Bool(true));
+        assert_eq!(
+            enc(&Value::from_text("NaN", LogicalType::Number)),
+            enc(&Value::Float(f64::NAN))
+        );
+        assert_eq!(
+            enc(&Value::from_text("1e+100", LogicalType::Number)),
+            enc(&Value::Float(1e100))
+        );
+        assert_eq!(Value::from_text("2024-01-02", LogicalType::Date), Value::Date(19724));
+        assert_eq!(
+            Value::from_text("soon", LogicalType::Timestamp),
+            Value::Text("soon".into())
+        );
     }
 
     #[test]

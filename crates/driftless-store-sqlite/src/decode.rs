@@ -7,7 +7,7 @@
 //! text, so it digests differently from every number and shows up as drift.
 
 use driftless_core::key::{KeyBuilder, parse_uuid};
-use driftless_core::value::{canonical_decimal, parse_date, parse_timestamp};
+use driftless_core::value::parse_timestamp;
 use driftless_core::{LogicalType, Value};
 use rusqlite::types::ValueRef;
 
@@ -75,7 +75,7 @@ pub fn value(raw: ValueRef<'_>, ty: LogicalType) -> Value {
         }
         (ValueRef::Blob(b), _) => Value::Bytes(b.to_vec()),
         (ValueRef::Text(bytes), ty) => match std::str::from_utf8(bytes) {
-            Ok(s) => text_value(s, ty),
+            Ok(s) => Value::from_text(s, ty),
             // Invalid UTF-8 in a TEXT value: compare the bytes themselves.
             Err(_) => Value::Bytes(bytes.to_vec()),
         },
@@ -91,9 +91,7 @@ pub fn encode(raw: ValueRef<'_>, ty: LogicalType, buf: &mut Vec<u8>) {
         (ValueRef::Integer(v), LogicalType::Number | LogicalType::Any) => encode_int(v, buf),
         (ValueRef::Real(f), LogicalType::Number | LogicalType::Any) => encode_float(f, buf),
         (ValueRef::Blob(b), ty) if ty != LogicalType::Uuid => encode_bytes(b, buf),
-        (ValueRef::Text(t), LogicalType::Text | LogicalType::Any | LogicalType::Bytes)
-            if std::str::from_utf8(t).is_ok() =>
-        {
+        (ValueRef::Text(t), LogicalType::Text | LogicalType::Any) if std::str::from_utf8(t).is_ok() => {
             encode_text(t, buf)
         }
         (ValueRef::Text(t), LogicalType::Timestamp) => match std::str::from_utf8(t).ok().and_then(parse_timestamp) {
@@ -102,24 +100,6 @@ pub fn encode(raw: ValueRef<'_>, ty: LogicalType, buf: &mut Vec<u8>) {
         },
         _ => value(raw, ty).encode(buf),
     }
-}
-
-/// Text converted into `ty` where it parses, kept as text where it does not.
-fn text_value(s: &str, ty: LogicalType) -> Value {
-    let parsed = match ty {
-        LogicalType::Number => canonical_decimal(s).map(Value::Decimal),
-        LogicalType::Bool => match s.trim().to_ascii_lowercase().as_str() {
-            "1" | "t" | "true" | "yes" | "on" => Some(Value::Bool(true)),
-            "0" | "f" | "false" | "no" | "off" => Some(Value::Bool(false)),
-            _ => None,
-        },
-        LogicalType::Timestamp => parse_timestamp(s).map(Value::Timestamp),
-        LogicalType::Date => parse_date(s).map(Value::Date),
-        LogicalType::Uuid => parse_uuid(s).map(Value::Uuid),
-        LogicalType::Json => return Value::json_or_text(s),
-        LogicalType::Text | LogicalType::Bytes | LogicalType::Any => None,
-    };
-    parsed.unwrap_or_else(|| Value::Text(s.to_owned()))
 }
 
 #[cfg(test)]
@@ -142,6 +122,8 @@ mod tests {
             ValueRef::Text(b"{\"b\":1,\"a\":2}"),
             ValueRef::Text(b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
             ValueRef::Text(&[0xff, 0xfe]),
+            ValueRef::Text(b"\\x41"),
+            ValueRef::Text(b"NaN"),
             ValueRef::Blob(&[1, 2, 3]),
             ValueRef::Blob(&[7; 16]),
         ];

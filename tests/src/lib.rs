@@ -1,8 +1,8 @@
 //! Helpers for the workspace-level integration tests: run the real `driftless` binary, make
 //! SQLite copies and directory trees, read the JSON report.
 //!
-//! The binary is the one `cargo test --workspace` builds next to the test executables
-//! (the `driftless` package has integration tests of its own, so cargo always builds it).
+//! The binary is `driftless-under-test`, this package's build of the `driftless` command
+//! line, so it is always current; tests run it through the [`run_driftless!`] macro.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -11,23 +11,6 @@ use std::process::{Command, Output};
 use serde_json::Value as Json;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, SqliteConnection};
-
-/// The `driftless` binary of this build.
-pub fn driftless_bin() -> PathBuf {
-    // Test executables live in target/<profile>/deps; binaries one level up.
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executables live in target/<profile>/deps");
-    let bin = dir.join("driftless");
-    assert!(
-        bin.exists(),
-        "{} not built: run the tests with `cargo test --workspace`",
-        bin.display()
-    );
-    bin
-}
 
 /// The outcome of one run of the binary.
 #[derive(Debug)]
@@ -48,9 +31,21 @@ impl Run {
     }
 }
 
-/// Runs `driftless ARGS` in `dir`.
-pub fn driftless(dir: &Path, args: &[&str]) -> Run {
-    let Output { status, stdout, stderr } = Command::new(driftless_bin())
+/// Runs `driftless ARGS` in the directory `DIR`: `run_driftless!(dir, &["scan"])`.
+#[macro_export]
+macro_rules! run_driftless {
+    ($dir:expr, $args:expr) => {
+        $crate::run_binary(
+            std::path::Path::new(env!("CARGO_BIN_EXE_driftless-under-test")),
+            $dir,
+            $args,
+        )
+    };
+}
+
+/// Runs `bin ARGS` in `dir`; tests call it through [`run_driftless!`].
+pub fn run_binary(bin: &Path, dir: &Path, args: &[&str]) -> Run {
+    let Output { status, stdout, stderr } = Command::new(bin)
         .args(args)
         .current_dir(dir)
         .output()

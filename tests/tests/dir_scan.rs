@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
-use driftless_tests::{Rng, assert_exactly, divergences, driftless, write_config};
+use driftless_tests::{Rng, assert_exactly, divergences, run_driftless, write_config};
 use serde_json::json;
 
 const FILES: usize = 100_000;
@@ -56,7 +56,7 @@ fn hundred_thousand_files_scan_names_exactly_the_changed_paths() {
         &[("mirror", "file:stage", None)],
     );
 
-    let clean = driftless(dir.path(), &["scan", "--report", "json"]);
+    let clean = run_driftless!(dir.path(), &["scan", "--report", "json"]);
     assert_eq!(clean.code, Some(0), "identical trees: {}", clean.stderr);
     assert_eq!(clean.report()["datasets"][0]["stages"][0]["stage_rows"], json!(FILES));
 
@@ -115,7 +115,7 @@ fn hundred_thousand_files_scan_names_exactly_the_changed_paths() {
         expect(extra, "extra");
     }
 
-    let run = driftless(dir.path(), &["scan", "--report", "json"]);
+    let run = run_driftless!(dir.path(), &["scan", "--report", "json"]);
     assert_eq!(run.code, Some(2), "diverged trees: {}", run.stderr);
     let found = divergences(&run.report());
     assert_exactly(&expected, &found);

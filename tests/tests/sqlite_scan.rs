@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use driftless_tests::{Rng, assert_exactly, divergences, driftless, sqlite_exec, write_config};
+use driftless_tests::{Rng, assert_exactly, divergences, run_driftless, sqlite_exec, write_config};
 use serde_json::json;
 
 const ROWS: u64 = 1_000_000;
@@ -163,14 +163,14 @@ async fn million_row_composite_key_scan_names_exactly_the_mutated_keys() {
         ],
     );
 
-    let twin_run = driftless(dir.path(), &["scan", "--stage", "twin", "--report", "json"]);
+    let twin_run = run_driftless!(dir.path(), &["scan", "--stage", "twin", "--report", "json"]);
     assert_eq!(twin_run.code, Some(0), "identical copies: {}", twin_run.stderr);
     assert!(divergences(&twin_run.report()).is_empty());
     let stage_rows = &twin_run.report()["datasets"][0]["stages"][0];
     assert_eq!(stage_rows["canonical_rows"], json!(ROWS));
     assert_eq!(stage_rows["stage_rows"], json!(ROWS));
 
-    let run = driftless(dir.path(), &["scan", "--stage", "diverged", "--report", "json"]);
+    let run = run_driftless!(dir.path(), &["scan", "--stage", "diverged", "--report", "json"]);
     assert_eq!(run.code, Some(2), "diverged copies: {}", run.stderr);
     let found = divergences(&run.report());
     assert_exactly(&expected, &found);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use driftless_store::Store;
 use driftless_store_fs::FsStore;
+use driftless_store_postgres::PgStore;
 use driftless_store_sqlite::SqliteStore;
 
 use crate::config::{CopyConfig, Loaded};
@@ -45,10 +46,15 @@ pub async fn open_copy(copy: &CopyConfig, loaded: &Loaded, what: &str) -> Result
             Arc::new(FsStore::open(&url).map_err(|e| anyhow::anyhow!("{what}: {e}"))?)
         }
         "postgres" | "postgresql" => {
-            bail!("{at}: {what}: PostgreSQL copies are not built yet (embedded SQLite and file:// copies are)")
+            let table = needs_table(&copy.table)?;
+            Arc::new(
+                PgStore::open(url, &table)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{what}: {e}"))?,
+            )
         }
-        "s3" => bail!("{at}: {what}: S3 copies are not built yet (embedded SQLite and file:// copies are)"),
-        other => bail!("{at}: {what}: unsupported URL scheme {other:?} (expected sqlite or file)"),
+        "s3" => bail!("{at}: {what}: S3 copies are not built yet (SQLite, PostgreSQL and file:// copies are)"),
+        other => bail!("{at}: {what}: unsupported URL scheme {other:?} (expected sqlite, postgres or file)"),
     };
     if copy.endpoint.is_some() && scheme != "s3" {
         bail!("{at}: {what}: `endpoint` applies to s3:// copies only");

@@ -1,0 +1,339 @@
+//! PostgreSQL copies (pull mode) against the real server that `scripts/test` starts
+//! (`scripts/with-postgres` exports `DATABASE_URL`): PostgreSQL vs PostgreSQL and
+//! PostgreSQL vs SQLite over every common column type, composite keys with a locale
+//! collation, and the errors a user meets first.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use driftless_tests::{Named, assert_exactly, divergences, run_driftless, sqlite, write_config};
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgPool};
+
+/// Rows per generated table.
+const ROWS: i64 = 3000;
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL is not set: run the tests through scripts/test, which starts PostgreSQL")
+}
+
+/// A fresh database for one test, so tests can run in parallel.
+async fn fresh_database(name: &str) -> (PgPool, String) {
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database_url())
+        .await
+        .expect("connect");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&database_url()).unwrap();
+    url.set_path(name);
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url.as_str())
+        .await
+        .expect("connect test db");
+    (pool, url.to_string())
+}
+
+/// One logical row, written identically into PostgreSQL and SQLite.
+struct Row {
+    id: i64,
+    n: Option<i32>,
+    amount: Option<String>,
+    t: Option<String>,
+    v: String,
+    b: Option<bool>,
+    ts: Option<String>,
+    d: Option<String>,
+    u: Option<String>,
+    j: Option<String>,
+    bytes: Option<Vec<u8>>,
+}
+
+fn row(i: i64) -> Row {
+    let some = |every: i64| i % every != 0;
+    Row {
+        id: i * 7 - 500,
+        n: some(11).then_some((i % 1000) as i32 - 500),
+        amount: some(13).then(|| format!("{}.{:02}", i % 5000, i % 100)),
+        t: match i % 4 {
+            0 => None,
+            1 => Some(String::new()),
+            2 => Some(format!("tëxt {i}")),
+            _ => Some("Z".into()),
+        },
+        v: format!("v{}", i % 17),
+        b: some(5).then_some(i % 2 == 0),
+        ts: some(9).then(|| {
+            format!(
+                "2024-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00",
+                1 + i % 12,
+                1 + i % 28,
+                i % 24,
+                i % 60,
+                i % 59,
+                i * 37 % 1_000_000
+            )
+        }),
+        d: some(8).then(|| format!("20{:02}-{:02}-{:02}", 10 + i % 20, 1 + i % 12, 1 + i % 28)),
+        u: some(6).then(|| format!("{:08x}-0000-4000-8000-{:012x}", i * 2654435761 % (1 << 32), i)),
+        j: some(10).then(|| format!(r#"{{"b": {i}, "a": [1, "x", null], "c": {{"z": true, "y": 1.5}}}}"#)),
+        bytes: some(7).then(|| vec![(i % 256) as u8, 0, 255, (i / 256 % 256) as u8]),
+    }
+}
+
+const PG_TABLE: &str = "CREATE TABLE items (id bigint PRIMARY KEY, n int, amount numeric(12,2), t text, \
+    v varchar(20) NOT NULL, b bool, ts timestamptz, d date, u uuid, j jsonb, bytes bytea)";
+const SQLITE_TABLE: &str = "CREATE TABLE items (id INTEGER PRIMARY KEY, n INTEGER, amount NUMERIC(12,2), t TEXT, \
+    v VARCHAR(20) NOT NULL, b BOOLEAN, ts TIMESTAMPTZ, d DATE, u UUID, j JSONB, bytes BYTEA)";
+
+async fn fill_pg(pool: &PgPool, table: &str) {
+    sqlx::query(&PG_TABLE.replace("items", table))
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    for i in 0..ROWS {
+        let r = row(i);
+        sqlx::query(&format!(
+            "INSERT INTO {table} VALUES ($1, $2, $3::numeric, $4, $5, $6, $7::timestamptz, $8::date, $9::uuid, $10::jsonb, $11)"
+        ))
+        .bind(r.id)
+        .bind(r.n)
+        .bind(r.amount)
+        .bind(r.t)
+        .bind(r.v)
+        .bind(r.b)
+        .bind(r.ts)
+        .bind(r.d)
+        .bind(r.u)
+        .bind(r.j)
+        .bind(r.bytes)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+async fn fill_sqlite(path: &Path) {
+    let mut db = sqlite(path).await;
+    sqlx::raw_sql(SQLITE_TABLE).execute(&mut db).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    for i in 0..ROWS {
+        let r = row(i);
+        // SQLite stores the timestamp as written, with a different but equal offset notation.
+        let ts = r.ts.map(|t| t.replace("+00", "Z"));
+        sqlx::query("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(r.id)
+            .bind(r.n)
+            .bind(r.amount)
+            .bind(r.t)
+            .bind(r.v)
+            .bind(r.b)
+            .bind(ts)
+            .bind(r.d)
+            .bind(r.u)
+            .bind(r.j)
+            .bind(r.bytes)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    db.close().await.unwrap();
+}
+
+fn expect(stage: &str, id: i64, kind: &str) -> Named {
+    (stage.to_owned(), json!({ "id": id }).to_string(), kind.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_and_sqlite_copies_compare_equal_and_name_mutations() {
+    let (pool, url) = fresh_database("driftless_types").await;
+    fill_pg(&pool, "canonical").await;
+    fill_pg(&pool, "mirror").await;
+    let dir = tempfile::tempdir().unwrap();
+    fill_sqlite(&dir.path().join("lite.db")).await;
+    write_config(
+        dir.path(),
+        "items",
+        &[],
+        (&url, Some("canonical")),
+        &[
+            ("pg", &url, Some("mirror")),
+            ("lite", "sqlite://lite.db", Some("items")),
+        ],
+    );
+
+    let clean = run_driftless!(dir.path(), &["scan", "--report", "json"]);
+    assert_eq!(clean.code, Some(0), "equal copies: {}\n{}", clean.stderr, clean.stdout);
+
+    let id = |i: i64| row(i).id;
+    sqlx::raw_sql(&format!(
+        "UPDATE mirror SET amount = amount + 0.01 WHERE id = {a};
+         UPDATE mirror SET ts = ts + interval '1 microsecond' WHERE id = {b};
+         UPDATE mirror SET j = '{{\"a\": 2}}' WHERE id = {c};
+         UPDATE mirror SET t = NULL WHERE id = {d};
+         DELETE FROM mirror WHERE id = {e};
+         INSERT INTO mirror (id, v) VALUES (-100000, 'new');
+         UPDATE mirror SET amount = 1.10 WHERE id = {f};",
+        a = id(1),
+        b = id(10),
+        c = id(21),
+        d = id(2),
+        e = id(500),
+        f = id(27),
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut lite = sqlite(&dir.path().join("lite.db")).await;
+    sqlx::raw_sql(&format!(
+        "UPDATE items SET bytes = x'00' WHERE id = {a};
+         UPDATE items SET b = NOT b WHERE id = {b};
+         UPDATE items SET u = NULL WHERE id = {c};
+         DELETE FROM items WHERE id = {d};
+         UPDATE items SET amount = '1.100' WHERE id = {e};",
+        a = id(1),
+        b = id(2),
+        c = id(1001),
+        d = id(2999),
+        e = id(27),
+    ))
+    .execute(&mut lite)
+    .await
+    .unwrap();
+    lite.close().await.unwrap();
+
+    let mut expected: BTreeSet<Named> = [
+        (1, "changed"),
+        (10, "changed"),
+        (21, "changed"),
+        (2, "changed"),
+        (500, "missing"),
+    ]
+    .into_iter()
+    .map(|(i, k)| expect("pg", id(i), k))
+    .collect();
+    expected.insert(expect("pg", -100000, "extra"));
+    // Row 27's amount was 27.27 in every copy; both stages now hold 1.10, written differently.
+    expected.insert(expect("pg", id(27), "changed"));
+    for (i, k) in [
+        (1, "changed"),
+        (2, "changed"),
+        (1001, "changed"),
+        (2999, "missing"),
+        (27, "changed"),
+    ] {
+        expected.insert(expect("lite", id(i), k));
+    }
+    let run = run_driftless!(dir.path(), &["scan", "--report", "json"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert_exactly(&expected, &divergences(&run.report()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn locale_collated_composite_keys_give_no_false_divergence() {
+    let (pool, url) = fresh_database("driftless_collation").await;
+    // und-x-icu orders 'a' < 'B' < 'ä' < 'Z'; bytewise it is 'B' < 'Z' < 'a' < 'ä'.
+    let names = ["a", "B", "ä", "Z", "", " ", "a b", "Äpfel", "b"];
+    for table in ["c", "s"] {
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE {table} (region int, name text COLLATE \"und-x-icu\", v int, PRIMARY KEY (region, name));
+             INSERT INTO {table} SELECT r, n, r FROM generate_series(1, 400) r, unnest(ARRAY[{}]) n;",
+            names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    sqlx::raw_sql(
+        "UPDATE s SET v = -1 WHERE region = 17 AND name = 'ä'; DELETE FROM s WHERE region = 300 AND name = 'B';",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "regions", &[], (&url, Some("c")), &[("s", &url, Some("s"))]);
+    let run = run_driftless!(dir.path(), &["scan", "--report", "json"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    let expected: BTreeSet<Named> = [
+        (
+            "s".to_owned(),
+            json!({"region": 17, "name": "ä"}).to_string(),
+            "changed".to_owned(),
+        ),
+        (
+            "s".to_owned(),
+            json!({"region": 300, "name": "B"}).to_string(),
+            "missing".to_owned(),
+        ),
+    ]
+    .into();
+    assert_exactly(&expected, &divergences(&run.report()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_errors_name_dataset_and_copy_without_the_password() {
+    let (pool, url) = fresh_database("driftless_errors").await;
+    sqlx::raw_sql("CREATE TABLE nokey (id int, v text); CREATE TABLE t (id int PRIMARY KEY, v text);")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let password = url::Url::parse(&url).unwrap().password().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let scan = |canonical_url: &str, table: &str| {
+        write_config(
+            dir.path(),
+            "d",
+            &[],
+            (canonical_url, Some(table)),
+            &[("s", &url, Some("t"))],
+        );
+        let run = run_driftless!(dir.path(), &["scan", "--report", "json"]);
+        assert_eq!(run.code, Some(1), "{}", run.stderr);
+        assert!(
+            !run.stderr.contains(&password) && !run.stderr.contains("panicked"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains("dataset \"d\", canonical copy"), "{}", run.stderr);
+        run.stderr
+    };
+    assert!(scan(&url, "nokey").contains("no primary key"));
+    assert!(scan(&url, "absent").contains("table not found"));
+    let mut wrong = url::Url::parse(&url).unwrap();
+    wrong.set_password(Some("not-the-password")).unwrap();
+    let stderr = scan(wrong.as_str(), "t");
+    assert!(
+        stderr.contains("password authentication failed") && !stderr.contains("not-the-password"),
+        "{stderr}"
+    );
+    let mut unreachable = url::Url::parse(&url).unwrap();
+    unreachable.set_port(Some(1)).unwrap();
+    assert!(scan(unreachable.as_str(), "t").contains("cannot open"));
+
+    // A compared column the stage lacks names the stage.
+    sqlx::raw_sql("CREATE TABLE narrow (id int PRIMARY KEY);")
+        .execute(&pool)
+        .await
+        .unwrap();
+    write_config(dir.path(), "d", &[], (&url, Some("t")), &[("s", &url, Some("narrow"))]);
+    let run = run_driftless!(dir.path(), &["scan", "--report", "json"]);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr.contains("stage \"s\"") && run.stderr.contains("\"v\" not found"),
+        "{}",
+        run.stderr
+    );
+}

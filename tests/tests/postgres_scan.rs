@@ -337,3 +337,41 @@ async fn postgres_errors_name_dataset_and_copy_without_the_password() {
         run.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_key_gaps_split_into_balanced_ranges() {
+    use driftless_core::{Boundaries, DigestAlgorithm, RowHasher};
+    use driftless_store::Store;
+    use driftless_store_postgres::PgStore;
+
+    let (pool, url) = fresh_database("driftless_gaps").await;
+    // Three dense clusters separated by gaps of a trillion and more: arithmetic splits of
+    // min..max would put nearly every row in the first and last range.
+    sqlx::raw_sql(
+        "CREATE TABLE gaps (id bigint PRIMARY KEY, v int);
+         INSERT INTO gaps SELECT g, 1 FROM generate_series(1, 20000) g;
+         INSERT INTO gaps SELECT 1000000000000 + g, 1 FROM generate_series(1, 20000) g;
+         INSERT INTO gaps SELECT 5000000000000000 + g * 3, 1 FROM generate_series(1, 20000) g;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let store = PgStore::open(&url, "gaps").await.unwrap();
+    let schema = store.schema(&[], None).await.unwrap();
+    let sample = store.sample_keys(&schema, 2000).await.unwrap();
+    assert_eq!(sample.rows, 60_000);
+    let boundaries = Boundaries::from_sample(sample.keys, 30);
+    let hasher = RowHasher::new(DigestAlgorithm::Xxh3, 0);
+    let tree = store
+        .tree(&schema, &boundaries, &hasher, &Default::default())
+        .await
+        .unwrap();
+    let counts: Vec<u64> = tree.leaves().iter().map(|l| l.count).collect();
+    assert_eq!(counts.iter().sum::<u64>(), 60_000);
+    let mean = 60_000 / counts.len() as u64;
+    assert!(counts.len() >= 25, "{counts:?}");
+    assert!(
+        counts.iter().all(|&c| c > mean / 3 && c < mean * 3),
+        "unbalanced leaves: {counts:?}"
+    );
+}

@@ -375,3 +375,58 @@ async fn large_key_gaps_split_into_balanced_ranges() {
         "unbalanced leaves: {counts:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pushdown_leaves_agree_with_row_digest_leaves() {
+    use driftless_core::{Boundaries, DigestAlgorithm, RowHasher};
+    use driftless_store::Store;
+    use driftless_store_postgres::PgStore;
+
+    let (pool, url) = fresh_database("driftless_pushdown").await;
+    for table in ["a", "b"] {
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE {table} (k int8, name text COLLATE \"und-x-icu\", u uuid, v numeric(12,2), w text,
+                                   PRIMARY KEY (k, name, u));
+             INSERT INTO {table} SELECT g - 3000, n, md5(g::text || n)::uuid, g / 7.0, CASE WHEN g % 3 = 0 THEN NULL ELSE '' END
+               FROM generate_series(1, 6000) g, unnest(ARRAY['a', 'B', 'ä', '', 'Z z']) n;"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let (a, b) = (
+        PgStore::open(&url, "a").await.unwrap(),
+        PgStore::open(&url, "b").await.unwrap(),
+    );
+    let schema = a.schema(&[], None).await.unwrap();
+    assert!(a.pushdown_kind(&schema).is_some());
+    let sample = a.sample_keys(&schema, 3000).await.unwrap();
+    let boundaries = Boundaries::from_sample(sample.keys, 40);
+    let hasher = RowHasher::new(DigestAlgorithm::Xxh3, 0);
+    let pulled = a
+        .tree(&schema, &boundaries, &hasher, &Default::default())
+        .await
+        .unwrap();
+    let pushed = a.pushdown_tree(&schema, &boundaries).await.unwrap();
+    // The server assigns every row to the same leaf as Boundaries::leaf_of does.
+    let counts = |t: &driftless_core::Tree| t.leaves().iter().map(|l| l.count).collect::<Vec<_>>();
+    assert_eq!(counts(&pushed), counts(&pulled));
+    assert_eq!(pushed, b.pushdown_tree(&schema, &boundaries).await.unwrap());
+
+    // NULL to empty string, one row: exactly that row's leaf differs.
+    sqlx::raw_sql("UPDATE b SET w = '' WHERE k = 0 AND name = 'ä';")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let changed = b.pushdown_tree(&schema, &boundaries).await.unwrap();
+    let u: String = sqlx::query_scalar("SELECT u::text FROM b WHERE k = 0 AND name = 'ä'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let key = driftless_core::Key::from_parts(&[
+        driftless_core::KeyPart::Int(0),
+        driftless_core::KeyPart::Text("ä".into()),
+        driftless_core::KeyPart::Uuid(driftless_core::key::parse_uuid(&u).unwrap()),
+    ]);
+    assert_eq!(pushed.diff(&changed), vec![boundaries.leaf_of(&key)]);
+}

@@ -151,7 +151,7 @@ impl Value {
 // without building a value: stores call them on the hot path of a scan.
 
 fn parse_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

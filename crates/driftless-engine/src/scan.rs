@@ -1,8 +1,10 @@
 //! One dataset's scan: boundaries, trees, comparison, named divergences.
 //!
-//! The canonical tree is built once per dataset and every stage is compared against it.
-//! Copies are digested concurrently, each on its own task, so a scan of canonical and one
-//! stage keeps both cores busy. Only the ranges whose leaves differ are read a second time.
+//! The canonical tree is built once per dataset (once per kind of tree: a push-down tree for
+//! stages whose store digests in place like canonical's, a row-digest tree for the rest) and
+//! every stage is compared against it. Copies are digested concurrently, each on its own
+//! task, so a scan of canonical and one stage keeps both cores busy. Only the ranges whose
+//! leaves differ are read a second time, always as row digests.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,44 +141,81 @@ pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<D
         .await
         .map_err(store_err(canonical_label()))?;
     let boundaries = Boundaries::from_sample(sample.keys, leaves_wanted(sample.rows) as usize);
-    options
-        .expected_rows
-        .fetch_add(sample.rows * (1 + plan.stages.len() as u64), Ordering::Relaxed);
-    debug!(dataset = %plan.name, rows = sample.rows, leaves = boundaries.leaf_count(), "boundaries chosen");
+    // A stage whose store digests leaves in place the same way canonical's does is compared
+    // on push-down trees; every other stage on row-digest trees built here.
+    let pushdown = plan.canonical.pushdown_kind(&schema);
+    let uses_pushdown: Vec<bool> = plan
+        .stages
+        .iter()
+        .map(|s| pushdown.is_some() && s.store.pushdown_kind(&schema) == pushdown)
+        .collect();
+    let mut jobs = Vec::new();
+    if uses_pushdown.iter().any(|&p| p) {
+        jobs.push((canonical_label(), plan.canonical.clone(), true));
+    }
+    if uses_pushdown.iter().any(|&p| !p) {
+        jobs.push((canonical_label(), plan.canonical.clone(), false));
+    }
+    for (stage, &p) in plan.stages.iter().zip(&uses_pushdown) {
+        jobs.push((stage_label(&stage.name), stage.store.clone(), p));
+    }
+    let pulled = jobs.iter().filter(|j| !j.2).count() as u64;
+    options.expected_rows.fetch_add(sample.rows * pulled, Ordering::Relaxed);
+    debug!(dataset = %plan.name, rows = sample.rows, leaves = boundaries.leaf_count(), ?pushdown, "boundaries chosen");
 
     let schema = Arc::new(schema);
     let boundaries = Arc::new(boundaries);
-    let copies = std::iter::once((canonical_label(), plan.canonical.clone()))
-        .chain(plan.stages.iter().map(|s| (stage_label(&s.name), s.store.clone())));
-    let trees = try_join_all(copies.map(|(label, store)| {
+    let trees = try_join_all(jobs.into_iter().map(|(label, store, in_place)| {
         let (schema, boundaries, hasher) = (schema.clone(), boundaries.clone(), plan.hasher.clone());
         let progress = options.progress.clone();
-        let task = tokio::spawn(async move { store.tree(&schema, &boundaries, &hasher, &progress).await });
+        let task = tokio::spawn(async move {
+            if in_place {
+                store.pushdown_tree(&schema, &boundaries).await
+            } else {
+                store.tree(&schema, &boundaries, &hasher, &progress).await
+            }
+        });
         let dataset = plan.name.clone();
         async move {
-            match task.await {
+            let tree = match task.await {
                 Ok(tree) => tree.map_err(|error| EngineError::Store {
                     dataset,
                     copy: label,
                     error,
-                }),
-                Err(e) => Err(EngineError::Task {
-                    dataset,
-                    copy: label,
-                    reason: e.to_string(),
-                }),
-            }
+                })?,
+                Err(e) => {
+                    return Err(EngineError::Task {
+                        dataset,
+                        copy: label,
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            Ok((in_place, tree))
         }
     }))
     .await?;
 
-    let (canonical_tree, stage_trees) = trees.split_first().expect("the canonical tree is always built");
-    let stages = try_join_all(
-        plan.stages
+    // Canonical's trees come first in `trees`, the stages' after them in config order.
+    let canonical_tree = |in_place: bool| {
+        trees
             .iter()
-            .zip(stage_trees)
-            .map(|(stage, tree)| compare_stage(plan, &schema, &boundaries, canonical_tree, stage, tree, options)),
-    )
+            .find(|(p, _)| *p == in_place)
+            .map(|(_, t)| t)
+            .expect("canonical's tree of each kind in use is built")
+    };
+    let stage_trees = &trees[trees.len() - plan.stages.len()..];
+    let stages = try_join_all(plan.stages.iter().zip(stage_trees).map(|(stage, (in_place, tree))| {
+        compare_stage(
+            plan,
+            &schema,
+            &boundaries,
+            canonical_tree(*in_place),
+            stage,
+            tree,
+            options,
+        )
+    }))
     .await?;
     Ok(DatasetReport {
         dataset: plan.name.clone(),

@@ -174,3 +174,51 @@ pub fn key_binds(key: &Key) -> Result<Vec<Bind>, String> {
         })
         .collect())
 }
+
+/// The key as the bytes of `driftless_core::key`'s order-preserving encoding, computed in
+/// SQL, so `width_bucket` over encoded boundary keys (a `bytea[]`, compared bytewise) gives
+/// exactly the leaf `Boundaries::leaf_of` gives. `None` for bytea keys, whose encoding
+/// escapes zero bytes, which SQL cannot do cheaply.
+pub fn encoded_key(schema: &Schema) -> Option<String> {
+    let parts: Option<Vec<String>> = schema
+        .key
+        .iter()
+        .map(|c| {
+            let col = ident(&c.name);
+            match kind(c.ty) {
+                // Tag 0x10, then the big-endian value with its sign bit flipped.
+                KeyKind::Int => Some(format!(
+                    "'\\x10'::bytea || int8send({col}::int8 # (-9223372036854775808)::int8)"
+                )),
+                // Tag 0x20, the UTF-8 bytes (PostgreSQL text holds no zero byte), 0x00 0x01.
+                KeyKind::Text => Some(format!(
+                    "'\\x20'::bytea || convert_to({col}::text, 'UTF8') || '\\x0001'::bytea"
+                )),
+                // Tag 0x28, the 16 bytes.
+                KeyKind::Uuid => Some(format!("'\\x28'::bytea || uuid_send({col})")),
+                KeyKind::Bytes => None,
+            }
+        })
+        .collect();
+    parts.map(|p| p.join(" || "))
+}
+
+/// One grouped query: per leaf, the row count and two 64-bit halves of the sum of the rows'
+/// md5 digests (over the text form of key and compared columns). `$1` is the `bytea[]` of
+/// encoded boundary keys.
+pub fn pushdown_select(table: &str, schema: &Schema, encoded_key: &str) -> String {
+    let cols: Vec<String> = schema
+        .key
+        .iter()
+        .chain(&schema.values)
+        .map(|c| ident(&c.name))
+        .collect();
+    format!(
+        "SELECT leaf, count(*)::int8, \
+                sum(('x' || substr(h, 1, 16))::bit(64)::int8)::text, \
+                sum(('x' || substr(h, 17, 16))::bit(64)::int8)::text \
+         FROM (SELECT width_bucket({encoded_key}, $1::bytea[]) AS leaf, md5(ROW({})::text) AS h FROM {table}) rows \
+         GROUP BY leaf",
+        cols.join(", ")
+    )
+}

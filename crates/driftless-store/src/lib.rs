@@ -163,6 +163,25 @@ pub trait Store: Send + Sync + fmt::Debug {
         Ok(leaves.finish())
     }
 
+    /// The kind of leaf digest this store computes where the data lives (push-down), if it
+    /// can for `schema`. Two copies' push-down trees are comparable only when both report
+    /// the same kind; otherwise the engine digests rows itself ([`Store::tree`]).
+    fn pushdown_kind(&self, schema: &Schema) -> Option<&'static str> {
+        let _ = schema;
+        None
+    }
+
+    /// Leaf aggregates over `boundaries` computed where the data lives, in one pass. Their
+    /// sums are not row digests: compare them only with a tree of the same
+    /// [`Store::pushdown_kind`], and re-read divergent ranges with [`Store::scan`].
+    async fn pushdown_tree(&self, schema: &Schema, boundaries: &Boundaries) -> Result<Tree, StoreError> {
+        let _ = (schema, boundaries);
+        Err(StoreError::Schema {
+            location: self.location().to_owned(),
+            reason: "this store cannot digest leaves where the data lives".into(),
+        })
+    }
+
     /// All of `range`, collected; divergent ranges are small enough to hold.
     async fn scan_collect(
         &self,

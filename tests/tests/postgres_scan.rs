@@ -430,3 +430,45 @@ async fn pushdown_leaves_agree_with_row_digest_leaves() {
     ]);
     assert_eq!(pushed.diff(&changed), vec![boundaries.leaf_of(&key)]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_scans_record_distinct_runs_in_one_postgres_control_plane() {
+    let (pool, url) = fresh_database("driftless_control").await;
+    sqlx::raw_sql(
+        "CREATE TABLE c (id int PRIMARY KEY, v text); INSERT INTO c SELECT g, 'v' || g FROM generate_series(1, 20000) g;
+         CREATE TABLE s AS SELECT * FROM c; ALTER TABLE s ADD PRIMARY KEY (id); DELETE FROM s WHERE id = 77;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "d", &[], (&url, Some("c")), &[("s", &url, Some("s"))]);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("[control]\nurl = \"{url}\"\n\n{text}")).unwrap();
+
+    let bin = env!("CARGO_BIN_EXE_driftless-under-test");
+    let spawn = || {
+        std::process::Command::new(bin)
+            .args(["scan", "--report", "json"])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (spawn(), spawn());
+    let mut run_ids = BTreeSet::new();
+    for child in [first, second] {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        run_ids.insert(report["run_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(run_ids.len(), 2, "two runs, two ids");
+
+    let control = driftless_control::ControlPlane::connect(&url).await.unwrap();
+    let runs = control.runs().await.unwrap();
+    let recorded: BTreeSet<String> = runs.iter().map(|r| r.run_id.clone()).collect();
+    assert_eq!(recorded, run_ids);
+    assert!(runs.iter().all(|r| r.status == "drift" && r.stages == 1), "{runs:?}");
+}

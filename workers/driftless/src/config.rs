@@ -101,6 +101,11 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Hex BLAKE3 of the file's bytes, recorded with every run.
+    pub fn digest(&self) -> String {
+        blake3::hash(self.text.as_bytes()).to_hex().to_string()
+    }
+
     /// `path:line` of a byte span in the file.
     pub fn at(&self, span: Range<usize>) -> String {
         Source {

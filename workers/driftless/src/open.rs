@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
+use driftless_control::ControlPlane;
 use driftless_store::Store;
 use driftless_store_fs::FsStore;
 use driftless_store_postgres::PgStore;
@@ -64,7 +65,7 @@ pub async fn open_copy(copy: &CopyConfig, loaded: &Loaded, what: &str) -> Result
 
 /// `sqlite://rel.db` resolved against the config's directory; absolute paths and in-memory
 /// databases are left as they are.
-fn resolve_sqlite(rest: &str, dir: &Path) -> String {
+pub fn resolve_sqlite(rest: &str, dir: &Path) -> String {
     let rest = rest.strip_prefix("//").unwrap_or(rest);
     let (path, query) = match rest.split_once('?') {
         Some((p, q)) => (p, format!("?{q}")),
@@ -75,6 +76,24 @@ fn resolve_sqlite(rest: &str, dir: &Path) -> String {
     }
     format!("sqlite://{}{query}", absolute(&dir.join(path)).display())
 }
+
+/// The control plane: `[control] url`, by default `sqlite://driftless.db` next to the config.
+pub async fn open_control(loaded: &Loaded) -> Result<ControlPlane> {
+    let (url, at) = match &loaded.config.control {
+        Some(c) => (c.url.get_ref().clone(), loaded.at(c.url.span())),
+        None => (DEFAULT_CONTROL_URL.to_owned(), loaded.path.display().to_string()),
+    };
+    let url = match url.split_once(':') {
+        Some(("sqlite", rest)) => resolve_sqlite(rest, &loaded.dir),
+        _ => url,
+    };
+    ControlPlane::connect(&url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{at}: [control]: {e}"))
+}
+
+/// Where the control plane lives when the config does not say.
+const DEFAULT_CONTROL_URL: &str = "sqlite://driftless.db";
 
 /// `file:rel/dir` or `file://rel/dir` resolved against the config's directory.
 fn resolve_file(rest: &str, dir: &Path) -> String {

@@ -6,12 +6,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
+use driftless_control::{RunStart, StageCounts};
 use driftless_core::RowHasher;
 use driftless_engine::{CopyRef, DatasetPlan, Mode, RunReport, ScanOptions, scan_dataset};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{self, Loaded};
-use crate::open::open_copy;
+use crate::open::{open_control, open_copy};
 use crate::{OutputArgs, ScanArgs, render};
 
 /// How often the progress bar reads the counters.
@@ -63,19 +64,83 @@ pub async fn scan_loaded(loaded: &Loaded, datasets: &[String], stages: &[String]
         });
     }
 
+    let control = open_control(loaded).await?;
+    let run_id = uuid::Uuid::now_v7().to_string();
+    control
+        .start_run(&RunStart {
+            run_id: run_id.clone(),
+            mode: "scan".into(),
+            started_by: started_by(),
+            config_digest: loaded.digest(),
+            started_us: now_us(),
+        })
+        .await?;
+
     let options = ScanOptions::default();
     let bar = progress_bar(&options);
     let mut reports = Vec::new();
     for plan in &plans {
-        let report = scan_dataset(plan, &options).await;
-        reports.push(report.inspect_err(|_| bar.abandon())?);
+        match scan_dataset(plan, &options).await {
+            Ok(report) => reports.push(report),
+            Err(e) => {
+                bar.abandon();
+                // The scan's error is the one to report; a failure to record it is secondary.
+                if let Err(record) = control.finish_run(&run_id, "failed", now_us(), &[]).await {
+                    tracing::warn!(%record, "could not record the failed run");
+                }
+                return Err(e.into());
+            }
+        }
     }
     bar.finish_and_clear();
-    Ok(RunReport {
-        run_id: uuid::Uuid::now_v7().to_string(),
+    let report = RunReport {
+        run_id: run_id.clone(),
         mode: Mode::Scan,
         datasets: reports,
-    })
+    };
+    let status = if report.has_drift() { "drift" } else { "consistent" };
+    control
+        .finish_run(&run_id, status, now_us(), &stage_counts(&report))
+        .await?;
+    Ok(report)
+}
+
+/// Per-stage results of a report, as the control plane records them.
+fn stage_counts(report: &RunReport) -> Vec<StageCounts> {
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    report
+        .datasets
+        .iter()
+        .flat_map(|d| {
+            d.stages.iter().map(|s| StageCounts {
+                dataset: d.dataset.clone(),
+                stage: s.stage.clone(),
+                canonical_rows: count(s.canonical_rows),
+                stage_rows: count(s.stage_rows),
+                divergent: count(s.divergent),
+                repaired: count(s.repaired),
+            })
+        })
+        .collect()
+}
+
+/// `user@host` of this process, for the run record.
+fn started_by() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{user}@{host}")
+}
+
+/// UTC microseconds since the epoch.
+fn now_us() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// A progress bar on a terminal, fed from the engine's counters; hidden when piped.

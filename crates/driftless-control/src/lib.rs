@@ -1,0 +1,263 @@
+//! The control plane: the one place fleet state lives, in PostgreSQL (fleets) or SQLite (the
+//! embedded default, a file next to the config).
+//!
+//! The schema is in `migrations/postgres` and `migrations/sqlite` (plain, commented SQL),
+//! applied by [`ControlPlane::connect`]. This crate records runs and their per-stage counts;
+//! the segment, leaf-digest, queue and ledger tables exist for the fleet and repair issues.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use driftless_store::redact_url;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{Postgres, Row, Sqlite};
+
+/// Connections the control plane keeps open.
+const POOL_CONNECTIONS: u32 = 4;
+/// How long a SQLite writer waits for another process's write lock.
+const SQLITE_BUSY_TIMEOUT_SECS: u64 = 30;
+/// How long opening the control plane may wait for a connection.
+const CONNECT_TIMEOUT_SECS: u64 = 10;
+
+/// What can go wrong with the control plane; messages name it by its redacted URL.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The database could not be opened or migrated.
+    #[error("control plane {location}: {reason}")]
+    Open {
+        /// The redacted URL.
+        location: String,
+        /// Why.
+        reason: String,
+    },
+    /// A read or write failed.
+    #[error("control plane {location}: {reason}")]
+    Query {
+        /// The redacted URL.
+        location: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A connection pool to the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    location: String,
+    db: Db,
+}
+
+/// The start of a run, as recorded.
+#[derive(Debug, Clone)]
+pub struct RunStart {
+    /// The run's id (uuid v7).
+    pub run_id: String,
+    /// `scan` or `repair`.
+    pub mode: String,
+    /// `user@host` of the process.
+    pub started_by: String,
+    /// Hex BLAKE3 of the config file.
+    pub config_digest: String,
+    /// UTC microseconds since the epoch.
+    pub started_us: i64,
+}
+
+/// One stage's result in a run.
+#[derive(Debug, Clone)]
+pub struct StageCounts {
+    /// The dataset.
+    pub dataset: String,
+    /// The stage.
+    pub stage: String,
+    /// Rows in canonical.
+    pub canonical_rows: i64,
+    /// Rows in the stage.
+    pub stage_rows: i64,
+    /// Divergent keys.
+    pub divergent: i64,
+    /// Repaired keys.
+    pub repaired: i64,
+}
+
+/// A recorded run, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    /// The run's id.
+    pub run_id: String,
+    /// `running`, `consistent`, `drift` or `failed`.
+    pub status: String,
+    /// How many stage results it recorded.
+    pub stages: i64,
+}
+
+/// `$1`-style placeholders as SQLite's `?1`.
+fn sqlite_sql(pg: &str) -> String {
+    pg.replace('$', "?")
+}
+
+impl ControlPlane {
+    /// Opens the control plane at `url` (`sqlite://file.db`, created if missing, or
+    /// `postgres://...`) and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<ControlPlane, ControlError> {
+        let location = redact_url(url);
+        let open_err = |reason: String| ControlError::Open {
+            location: location.clone(),
+            reason,
+        };
+        let db = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|e| open_err(e.to_string()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(SQLITE_BUSY_TIMEOUT_SECS));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(POOL_CONNECTIONS)
+                .connect_with(options)
+                .await
+                .map_err(|e| open_err(e.to_string()))?;
+            sqlx::migrate!("../../migrations/sqlite")
+                .run(&pool)
+                .await
+                .map_err(|e| open_err(e.to_string()))?;
+            Db::Sqlite(pool)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let options = PgConnectOptions::from_str(url).map_err(|_| open_err("not a PostgreSQL URL".into()))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(POOL_CONNECTIONS)
+                .acquire_timeout(Duration::from_secs(CONNECT_TIMEOUT_SECS))
+                .connect_with(options)
+                .await
+                .map_err(|e| open_err(describe(&e)))?;
+            // sqlx holds an advisory lock while migrating, so workers starting together
+            // apply each migration once.
+            sqlx::migrate!("../../migrations/postgres")
+                .run(&pool)
+                .await
+                .map_err(|e| open_err(e.to_string()))?;
+            Db::Postgres(pool)
+        } else {
+            return Err(open_err("expected a sqlite:// or postgres:// URL".into()));
+        };
+        Ok(ControlPlane { location, db })
+    }
+
+    fn query_err(&self, e: sqlx::Error) -> ControlError {
+        ControlError::Query {
+            location: self.location.clone(),
+            reason: describe(&e),
+        }
+    }
+
+    /// Records the start of a run.
+    pub async fn start_run(&self, run: &RunStart) -> Result<(), ControlError> {
+        const SQL: &str =
+            "INSERT INTO runs (run_id, mode, started_by, config_digest, started_us) VALUES ($1, $2, $3, $4, $5)";
+        match &self.db {
+            Db::Sqlite(pool) => bind_run::<Sqlite>(sqlx::query(&sqlite_sql(SQL)), run)
+                .execute(pool)
+                .await
+                .map(drop),
+            Db::Postgres(pool) => bind_run::<Postgres>(sqlx::query(SQL), run)
+                .execute(pool)
+                .await
+                .map(drop),
+        }
+        .map_err(|e| self.query_err(e))
+    }
+
+    /// Records the end of a run and its per-stage results, in one transaction.
+    pub async fn finish_run(
+        &self,
+        run_id: &str,
+        status: &str,
+        finished_us: i64,
+        stages: &[StageCounts],
+    ) -> Result<(), ControlError> {
+        const STAGE: &str = "INSERT INTO run_stages (run_id, dataset, stage, canonical_rows, stage_rows, divergent, \
+                             repaired) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        const RUN: &str = "UPDATE runs SET status = $1, finished_us = $2 WHERE run_id = $3";
+        macro_rules! finish {
+            ($pool:expr, $sql:expr) => {{
+                let mut tx = $pool.begin().await?;
+                for s in stages {
+                    sqlx::query(&$sql(STAGE))
+                        .bind(run_id)
+                        .bind(&s.dataset)
+                        .bind(&s.stage)
+                        .bind(s.canonical_rows)
+                        .bind(s.stage_rows)
+                        .bind(s.divergent)
+                        .bind(s.repaired)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query(&$sql(RUN))
+                    .bind(status)
+                    .bind(finished_us)
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            }};
+        }
+        let result: Result<(), sqlx::Error> = async {
+            match &self.db {
+                Db::Sqlite(pool) => finish!(pool, sqlite_sql),
+                Db::Postgres(pool) => finish!(pool, str::to_owned),
+            }
+        }
+        .await;
+        result.map_err(|e| self.query_err(e))
+    }
+
+    /// Every recorded run, oldest first, with its status and number of stage results.
+    pub async fn runs(&self) -> Result<Vec<RunRecord>, ControlError> {
+        const SQL: &str = "SELECT r.run_id, r.status, (SELECT count(*) FROM run_stages s WHERE s.run_id = r.run_id) \
+                           FROM runs r ORDER BY r.started_us, r.run_id";
+        let record = |run_id: String, status: String, stages: i64| RunRecord { run_id, status, stages };
+        match &self.db {
+            Db::Sqlite(pool) => sqlx::query(SQL)
+                .fetch_all(pool)
+                .await
+                .map(|rows| rows.iter().map(|r| record(r.get(0), r.get(1), r.get(2))).collect()),
+            Db::Postgres(pool) => sqlx::query(SQL)
+                .fetch_all(pool)
+                .await
+                .map(|rows| rows.iter().map(|r| record(r.get(0), r.get(1), r.get(2))).collect()),
+        }
+        .map_err(|e| self.query_err(e))
+    }
+}
+
+fn bind_run<'q, DB>(
+    query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    run: &'q RunStart,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    query
+        .bind(&run.run_id)
+        .bind(&run.mode)
+        .bind(&run.started_by)
+        .bind(&run.config_digest)
+        .bind(run.started_us)
+}
+
+/// A sqlx error without the connection URL.
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        sqlx::Error::Configuration(_) => "bad connection settings".to_owned(),
+        other => other.to_string(),
+    }
+}

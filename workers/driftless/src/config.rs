@@ -17,8 +17,7 @@ use toml::Spanned;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where fleet state lives. Accepted now; the control plane that uses it lands with the
-    /// PostgreSQL issue, until then runs are not recorded.
+    /// Where fleet state lives; default `sqlite://driftless.db` next to the config file.
     #[serde(default)]
     pub control: Option<Control>,
     /// How rows are digested.

@@ -127,20 +127,7 @@ pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<D
     }))
     .await?;
 
-    let leaves_wanted = |rows: u64| (rows / options.rows_per_leaf.max(1)).clamp(1, MAX_LEAVES);
-    let estimate = plan
-        .canonical
-        .sample_keys(&schema, 0)
-        .await
-        .map_err(store_err(canonical_label()))?
-        .rows;
-    let sample_size = (leaves_wanted(estimate) * SAMPLES_PER_LEAF) as usize;
-    let sample = plan
-        .canonical
-        .sample_keys(&schema, sample_size)
-        .await
-        .map_err(store_err(canonical_label()))?;
-    let boundaries = Boundaries::from_sample(sample.keys, leaves_wanted(sample.rows) as usize);
+    let (boundaries, rows) = choose_boundaries(plan, &schema, options).await?;
     // A stage whose store digests leaves in place the same way canonical's does is compared
     // on push-down trees; every other stage on row-digest trees built here.
     let pushdown = plan.canonical.pushdown_kind(&schema);
@@ -149,7 +136,7 @@ pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<D
         .iter()
         .map(|s| pushdown.is_some() && s.store.pushdown_kind(&schema) == pushdown)
         .collect();
-    let mut jobs = Vec::new();
+    let mut jobs: Vec<TreeJob> = Vec::new();
     if uses_pushdown.iter().any(|&p| p) {
         jobs.push((canonical_label(), plan.canonical.clone(), true));
     }
@@ -160,12 +147,77 @@ pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<D
         jobs.push((stage_label(&stage.name), stage.store.clone(), p));
     }
     let pulled = jobs.iter().filter(|j| !j.2).count() as u64;
-    options.expected_rows.fetch_add(sample.rows * pulled, Ordering::Relaxed);
-    debug!(dataset = %plan.name, rows = sample.rows, leaves = boundaries.leaf_count(), ?pushdown, "boundaries chosen");
+    options.expected_rows.fetch_add(rows * pulled, Ordering::Relaxed);
+    debug!(dataset = %plan.name, rows, leaves = boundaries.leaf_count(), ?pushdown, "boundaries chosen");
 
     let schema = Arc::new(schema);
     let boundaries = Arc::new(boundaries);
-    let trees = try_join_all(jobs.into_iter().map(|(label, store, in_place)| {
+    let trees = build_trees(plan, &schema, &boundaries, jobs, options).await?;
+
+    // Canonical's trees come first in `trees`, the stages' after them in config order.
+    let canonical_tree = |in_place: bool| {
+        trees
+            .iter()
+            .find(|(p, _)| *p == in_place)
+            .map(|(_, t)| t)
+            .expect("canonical's tree of each kind in use is built")
+    };
+    let stage_trees = &trees[trees.len() - plan.stages.len()..];
+    let stages = try_join_all(plan.stages.iter().zip(stage_trees).map(|(stage, (in_place, tree))| {
+        compare_stage(
+            plan,
+            &schema,
+            &boundaries,
+            canonical_tree(*in_place),
+            stage,
+            tree,
+            options,
+        )
+    }))
+    .await?;
+    Ok(DatasetReport {
+        dataset: plan.name.clone(),
+        stages,
+    })
+}
+
+/// Boundaries at the quantiles of a sample of canonical's keys, about
+/// `options.rows_per_leaf` rows per leaf; also returns canonical's row count.
+async fn choose_boundaries(
+    plan: &DatasetPlan,
+    schema: &Schema,
+    options: &ScanOptions,
+) -> Result<(Boundaries, u64), EngineError> {
+    let store_err = |error| EngineError::Store {
+        dataset: plan.name.clone(),
+        copy: canonical_label(),
+        error,
+    };
+    let leaves_wanted = |rows: u64| (rows / options.rows_per_leaf.max(1)).clamp(1, MAX_LEAVES);
+    let estimate = plan.canonical.sample_keys(schema, 0).await.map_err(store_err)?.rows;
+    let sample_size = (leaves_wanted(estimate) * SAMPLES_PER_LEAF) as usize;
+    let sample = plan
+        .canonical
+        .sample_keys(schema, sample_size)
+        .await
+        .map_err(store_err)?;
+    let boundaries = Boundaries::from_sample(sample.keys, leaves_wanted(sample.rows) as usize);
+    Ok((boundaries, sample.rows))
+}
+
+/// One digest job: which copy, its store, and whether it digests in place (push-down).
+type TreeJob = (String, Arc<dyn Store>, bool);
+
+/// Runs the digest jobs concurrently, one task each, and returns `(in_place, tree)` in job
+/// order.
+async fn build_trees(
+    plan: &DatasetPlan,
+    schema: &Arc<Schema>,
+    boundaries: &Arc<Boundaries>,
+    jobs: Vec<TreeJob>,
+    options: &ScanOptions,
+) -> Result<Vec<(bool, Tree)>, EngineError> {
+    try_join_all(jobs.into_iter().map(|(label, store, in_place)| {
         let (schema, boundaries, hasher) = (schema.clone(), boundaries.clone(), plan.hasher.clone());
         let progress = options.progress.clone();
         let task = tokio::spawn(async move {
@@ -194,33 +246,7 @@ pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<D
             Ok((in_place, tree))
         }
     }))
-    .await?;
-
-    // Canonical's trees come first in `trees`, the stages' after them in config order.
-    let canonical_tree = |in_place: bool| {
-        trees
-            .iter()
-            .find(|(p, _)| *p == in_place)
-            .map(|(_, t)| t)
-            .expect("canonical's tree of each kind in use is built")
-    };
-    let stage_trees = &trees[trees.len() - plan.stages.len()..];
-    let stages = try_join_all(plan.stages.iter().zip(stage_trees).map(|(stage, (in_place, tree))| {
-        compare_stage(
-            plan,
-            &schema,
-            &boundaries,
-            canonical_tree(*in_place),
-            stage,
-            tree,
-            options,
-        )
-    }))
-    .await?;
-    Ok(DatasetReport {
-        dataset: plan.name.clone(),
-        stages,
-    })
+    .await
 }
 
 /// Compares one stage's tree with canonical and names the divergent keys of the leaves

@@ -200,6 +200,8 @@ pub fn encode_float(f: f64, buf: &mut Vec<u8>) {
         push_var(buf, TAG_NUMBER, if f > 0.0 { b"Infinity" } else { b"-Infinity" });
     } else if f.fract() == 0.0 && f.abs() < 9.0e15 {
         encode_int(f as i64, buf);
+    } else if let Some((mantissa, scale)) = short_decimal(f) {
+        encode_scaled(mantissa, scale, buf);
     } else {
         // Rust's Display prints the shortest decimal that round-trips, with no exponent and
         // no trailing zeros: already canonical (negative zero took the integer branch).
@@ -214,6 +216,56 @@ pub fn encode_float(f: f64, buf: &mut Vec<u8>) {
     }
 }
 
+/// Decimal places the fast float path tries before falling back to the formatter.
+const SHORT_DECIMAL_PLACES: u32 = 6;
+/// Scaled mantissas stay below this, so a float's rounding interval holds at most one
+/// decimal of a given scale (its width is under a quarter of `10^-scale`).
+const SHORT_DECIMAL_LIMIT: f64 = (1u64 << 50) as f64;
+
+/// The shortest round-trip decimal of `f` as `mantissa * 10^-scale` when it has at most
+/// [`SHORT_DECIMAL_PLACES`] decimals, found without the formatter (money and measurements
+/// mostly look like this). `m / 10^k == f` holds exactly when the decimal parses back to
+/// `f` (the division is correctly rounded), the smallest such `k` gives the fewest digits,
+/// and below [`SHORT_DECIMAL_LIMIT`] only one decimal of that scale can parse to `f`, so
+/// the result is the one Display prints.
+fn short_decimal(f: f64) -> Option<(i64, u32)> {
+    let mut pow = 1.0f64;
+    for scale in 1..=SHORT_DECIMAL_PLACES {
+        pow *= 10.0;
+        let scaled = (f * pow).round();
+        if scaled.abs() >= SHORT_DECIMAL_LIMIT {
+            return None;
+        }
+        if scaled / pow == f {
+            return Some((scaled as i64, scale));
+        }
+    }
+    None
+}
+
+/// Encodes `mantissa * 10^-scale` (last digit non-zero) as canonical decimal text.
+fn encode_scaled(mantissa: i64, scale: u32, buf: &mut Vec<u8>) {
+    let pow = 10u64.pow(scale);
+    let abs = mantissa.unsigned_abs();
+    let (int, frac) = (abs / pow, abs % pow);
+    let mut text = [0u8; 48];
+    let mut len = 0;
+    if mantissa < 0 {
+        text[0] = b'-';
+        len = 1;
+    }
+    let int_digits = itoa_buf(int as i64);
+    let int_bytes = &int_digits.buf[int_digits.start..];
+    text[len..len + int_bytes.len()].copy_from_slice(int_bytes);
+    len += int_bytes.len();
+    text[len] = b'.';
+    len += 1;
+    for i in (0..scale).rev() {
+        text[len] = b'0' + (frac / 10u64.pow(i) % 10) as u8;
+        len += 1;
+    }
+    push_var(buf, TAG_NUMBER, &text[..len]);
+}
 fn push_var(buf: &mut Vec<u8>, tag: u8, payload: &[u8]) {
     buf.push(tag);
     buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -578,6 +630,24 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn short_decimals_encode_as_display_prints_them(cents in -10_000_000_000i64..10_000_000_000, scale in 0u32..8, bits in any::<u64>()) {
+            let f = cents as f64 / 10f64.powi(scale as i32);
+            let mut fast = Vec::new();
+            encode_float(f, &mut fast);
+            let display = format!("{f}");
+            let mut slow = Vec::new();
+            push_var(&mut slow, TAG_NUMBER, display.as_bytes());
+            prop_assert_eq!(fast, slow, "{}", display);
+            let g = f64::from_bits(bits);
+            if g.is_finite() && g.fract() != 0.0 {
+                let (mut fast, mut slow) = (Vec::new(), Vec::new());
+                encode_float(g, &mut fast);
+                push_var(&mut slow, TAG_NUMBER, format!("{g}").as_bytes());
+                prop_assert_eq!(fast, slow, "{}", g);
+            }
+        }
+
         #[test]
         fn fast_timestamp_agrees_with_chrono(secs in -62_000_000_000i64..250_000_000_000, micros in 0u32..1_000_000, offset_min in -900i32..900) {
             use chrono::{DateTime, FixedOffset};

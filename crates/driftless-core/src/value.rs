@@ -7,10 +7,13 @@
 //! one byte string per logical value. Rules:
 //!
 //! - NULL is its own tag, distinct from the empty string and from empty bytes.
-//! - Numbers (integers, decimals, floats) share one encoding, the shortest plain decimal:
-//!   no exponent, no leading zeros, no trailing fractional zeros, `-0` is `0`. A float is
-//!   first written as its shortest round-trip decimal, so `0.1f64` encodes as `0.1`.
-//!   NaN and the infinities are words of their own.
+//! - Numbers (integers, decimals, floats) share one encoding of their exact decimal value
+//!   `m * 10^e`, with `m` carrying no trailing zeros (zero is `0 * 10^0`, and `-0` is `0`).
+//!   When `m` fits an `i64`, as for every integer and almost every amount, that is 11 fixed
+//!   bytes: a tag, `m` and `e` little-endian, written without formatting a single digit.
+//!   Wider numbers are their shortest plain decimal text under another tag. A float counts
+//!   as its shortest round-trip decimal, so `0.1f64` is `1 * 10^-1`, the same as the text
+//!   `'0.10'`. NaN and the infinities are words of their own.
 //! - Timestamps are UTC microseconds since the Unix epoch; dates are days since it.
 //! - JSON is re-serialised with object keys sorted and no insignificant white space.
 //! - Every variable-length payload is length-prefixed, so no two rows share an encoding.
@@ -77,16 +80,19 @@ const TAG_TIMESTAMP: u8 = 5;
 const TAG_DATE: u8 = 6;
 const TAG_UUID: u8 = 7;
 const TAG_JSON: u8 = 8;
+/// A number `m * 10^e` whose `m` fits an `i64`: `m` as 8 bytes, `e` as 2, little-endian.
+const TAG_NUMBER_SMALL: u8 = 9;
 
 impl Value {
     /// Appends the canonical encoding of this value to `buf`.
+    #[inline]
     pub fn encode(&self, buf: &mut Vec<u8>) {
         match self {
             Value::Null => encode_null(buf),
             Value::Bool(b) => encode_bool(*b, buf),
             Value::Int(v) => encode_int(*v, buf),
             Value::Float(f) => encode_float(*f, buf),
-            Value::Decimal(s) => push_var(buf, TAG_NUMBER, s.as_bytes()),
+            Value::Decimal(s) => encode_decimal_text(s, buf),
             Value::Text(s) => encode_text(s.as_bytes(), buf),
             Value::Bytes(b) => encode_bytes(b, buf),
             Value::Timestamp(us) => encode_timestamp(*us, buf),
@@ -161,59 +167,153 @@ fn parse_hex(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Encodes NULL.
+#[inline]
 pub fn encode_null(buf: &mut Vec<u8>) {
     buf.push(TAG_NULL);
 }
 
 /// Encodes a boolean.
+#[inline]
 pub fn encode_bool(b: bool, buf: &mut Vec<u8>) {
     buf.extend_from_slice(&[TAG_BOOL, b as u8]);
 }
 
 /// Encodes text given as its UTF-8 bytes.
+#[inline]
 pub fn encode_text(s: &[u8], buf: &mut Vec<u8>) {
     push_var(buf, TAG_TEXT, s);
 }
 
 /// Encodes bytes.
+#[inline]
 pub fn encode_bytes(b: &[u8], buf: &mut Vec<u8>) {
     push_var(buf, TAG_BYTES, b);
 }
 
 /// Encodes a timestamp in UTC microseconds.
+#[inline]
 pub fn encode_timestamp(us: i64, buf: &mut Vec<u8>) {
-    buf.push(TAG_TIMESTAMP);
-    buf.extend_from_slice(&us.to_le_bytes());
+    let mut out = [0u8; 9];
+    out[0] = TAG_TIMESTAMP;
+    out[1..].copy_from_slice(&us.to_le_bytes());
+    buf.extend_from_slice(&out);
 }
 
 /// Encodes an integer.
+#[inline]
 pub fn encode_int(v: i64, buf: &mut Vec<u8>) {
-    let mut digits = itoa_buf(v);
-    push_var(buf, TAG_NUMBER, digits.as_bytes_mut());
+    let (mut m, mut e) = (v, 0i16);
+    // Most integers do not end in zero: one multiply-and-compare, no digit loop.
+    while m != 0 && m % 10 == 0 {
+        m /= 10;
+        e += 1;
+    }
+    encode_small_number(m, e, buf);
+}
+
+/// Encodes `m * 10^e` (`m` without trailing zeros, or zero with `e = 0`) in the fixed form.
+#[inline]
+fn encode_small_number(m: i64, e: i16, buf: &mut Vec<u8>) {
+    let mut out = [0u8; 11];
+    out[0] = TAG_NUMBER_SMALL;
+    out[1..9].copy_from_slice(&m.to_le_bytes());
+    out[9..11].copy_from_slice(&e.to_le_bytes());
+    buf.extend_from_slice(&out);
 }
 
 /// Encodes a float.
+#[inline]
 pub fn encode_float(f: f64, buf: &mut Vec<u8>) {
+    // Integral floats below 2^53 are integers (a cast, not `fract`, which calls libm's trunc).
+    if f.abs() < 9.0e15 && (f as i64) as f64 == f {
+        encode_int(f as i64, buf);
+    } else if let Some((mantissa, scale)) = short_decimal(f) {
+        // The smallest scale that round-trips leaves no trailing zero on the mantissa.
+        encode_small_number(mantissa, -(scale as i16), buf);
+    } else {
+        encode_float_slow(f, buf);
+    }
+}
+
+#[cold]
+fn encode_float_slow(f: f64, buf: &mut Vec<u8>) {
     if f.is_nan() {
         push_var(buf, TAG_NUMBER, b"NaN");
     } else if f.is_infinite() {
         push_var(buf, TAG_NUMBER, if f > 0.0 { b"Infinity" } else { b"-Infinity" });
-    } else if f.fract() == 0.0 && f.abs() < 9.0e15 {
-        encode_int(f as i64, buf);
-    } else if let Some((mantissa, scale)) = short_decimal(f) {
-        encode_scaled(mantissa, scale, buf);
     } else {
         // Rust's Display prints the shortest decimal that round-trips, with no exponent and
-        // no trailing zeros: already canonical (negative zero took the integer branch).
-        // The longest such output (the smallest subnormal) is under 330 bytes.
+        // no trailing fractional zeros: the canonical decimal text. The longest such output
+        // (the smallest subnormal) is under 330 bytes.
         let mut text = [0u8; 400];
         let mut cursor = std::io::Cursor::new(&mut text[..]);
         use std::io::Write as _;
         // The buffer is large enough for any finite f64, so the write cannot fail.
         write!(cursor, "{f}").expect("f64 fits in 400 bytes");
         let len = cursor.position() as usize;
-        push_var(buf, TAG_NUMBER, &text[..len]);
+        let text = std::str::from_utf8(&text[..len]).expect("Display writes ASCII");
+        encode_decimal_text(text, buf);
     }
+}
+
+/// Encodes a number given as canonical decimal text (what [`canonical_decimal`] returns, or
+/// `NaN`, `Infinity`, `-Infinity`): the fixed form when its significant digits fit an
+/// `i64`, else the text itself.
+pub fn encode_decimal_text(s: &str, buf: &mut Vec<u8>) {
+    match small_decimal(s.as_bytes()) {
+        Some((m, e)) => encode_small_number(m, e, buf),
+        None => push_var(buf, TAG_NUMBER, s.as_bytes()),
+    }
+}
+
+/// `s` (`-`? digits (`.` digits)?) as `m * 10^e` with `m` free of trailing zeros, when `m`
+/// fits an `i64` and `e` an `i16`.
+fn small_decimal(s: &[u8]) -> Option<(i64, i16)> {
+    let (negative, digits) = match s.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, s),
+    };
+    let mut m: u64 = 0;
+    // Zeros seen since the last non-zero digit, not yet multiplied into `m`.
+    let mut zeros: u32 = 0;
+    let mut frac_digits: i64 = 0;
+    let mut seen_point = false;
+    let mut any_digit = false;
+    for &c in digits {
+        match c {
+            b'0' => {
+                zeros += 1;
+                any_digit = true;
+            }
+            b'1'..=b'9' => {
+                if zeros > 0 && m > 0 {
+                    m = m.checked_mul(10u64.checked_pow(zeros)?)?;
+                }
+                m = m.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+                zeros = 0;
+                any_digit = true;
+            }
+            b'.' if !seen_point => seen_point = true,
+            _ => return None,
+        }
+        if seen_point && c != b'.' {
+            frac_digits += 1;
+        }
+    }
+    if !any_digit {
+        return None;
+    }
+    if m == 0 {
+        return Some((0, 0));
+    }
+    let e = i16::try_from(i64::from(zeros) - frac_digits).ok()?;
+    let m = if negative {
+        // -2^63 fits although 2^63 does not.
+        0i64.checked_sub_unsigned(m)?
+    } else {
+        i64::try_from(m).ok()?
+    };
+    Some((m, e))
 }
 
 /// Decimal places the fast float path tries before falling back to the formatter.
@@ -225,82 +325,68 @@ const SHORT_DECIMAL_LIMIT: f64 = (1u64 << 50) as f64;
 /// The shortest round-trip decimal of `f` as `mantissa * 10^-scale` when it has at most
 /// [`SHORT_DECIMAL_PLACES`] decimals, found without the formatter (money and measurements
 /// mostly look like this). `m / 10^k == f` holds exactly when the decimal parses back to
-/// `f` (the division is correctly rounded), the smallest such `k` gives the fewest digits,
-/// and below [`SHORT_DECIMAL_LIMIT`] only one decimal of that scale can parse to `f`, so
-/// the result is the one Display prints.
+/// `f` (the division is correctly rounded), and below [`SHORT_DECIMAL_LIMIT`] only one
+/// decimal of a given scale can parse to `f`. So when the six-place decimal round-trips,
+/// it is the shortest one padded with zeros, and stripping them gives what Display prints;
+/// when it does not, no decimal of six places or fewer does. One division, where trying
+/// scales one by one costs one per scale.
+#[inline]
 fn short_decimal(f: f64) -> Option<(i64, u32)> {
+    let pow = 10f64.powi(SHORT_DECIMAL_PLACES as i32);
+    let x = f * pow;
+    if !f.is_finite() {
+        return None;
+    }
+    if x.abs() >= SHORT_DECIMAL_LIMIT {
+        return short_decimal_by_scale(f);
+    }
+    let m = round_half_away(x);
+    if m as f64 / pow != f {
+        return None;
+    }
+    let (mut m, mut scale) = (m, SHORT_DECIMAL_PLACES);
+    while scale > 0 && m % 10 == 0 {
+        m /= 10;
+        scale -= 1;
+    }
+    Some((m, scale))
+}
+
+/// [`short_decimal`] for magnitudes whose six-place mantissa would pass the limit: tries
+/// each scale from one up, so large amounts with few decimals still avoid the formatter.
+#[cold]
+fn short_decimal_by_scale(f: f64) -> Option<(i64, u32)> {
     let mut pow = 1.0f64;
     for scale in 1..=SHORT_DECIMAL_PLACES {
         pow *= 10.0;
-        let scaled = (f * pow).round();
-        if scaled.abs() >= SHORT_DECIMAL_LIMIT {
+        let x = f * pow;
+        if x.abs() >= SHORT_DECIMAL_LIMIT {
             return None;
         }
-        if scaled / pow == f {
-            return Some((scaled as i64, scale));
+        let m = round_half_away(x);
+        if m as f64 / pow == f {
+            return Some((m, scale));
         }
     }
     None
 }
 
-/// Encodes `mantissa * 10^-scale` (last digit non-zero) as canonical decimal text.
-fn encode_scaled(mantissa: i64, scale: u32, buf: &mut Vec<u8>) {
-    let pow = 10u64.pow(scale);
-    let abs = mantissa.unsigned_abs();
-    let (int, frac) = (abs / pow, abs % pow);
-    let mut text = [0u8; 48];
-    let mut len = 0;
-    if mantissa < 0 {
-        text[0] = b'-';
-        len = 1;
-    }
-    let int_digits = itoa_buf(int as i64);
-    let int_bytes = &int_digits.buf[int_digits.start..];
-    text[len..len + int_bytes.len()].copy_from_slice(int_bytes);
-    len += int_bytes.len();
-    text[len] = b'.';
-    len += 1;
-    for i in (0..scale).rev() {
-        text[len] = b'0' + (frac / 10u64.pow(i) % 10) as u8;
-        len += 1;
-    }
-    push_var(buf, TAG_NUMBER, &text[..len]);
+/// `x` rounded half away from zero, for `|x| < 2^50`: there `x ± 0.5` is exact, and unlike
+/// `f64::round` the cast needs no libm call on baseline x86-64 (no SSE4.1 `roundsd`).
+#[inline]
+fn round_half_away(x: f64) -> i64 {
+    if x >= 0.0 { (x + 0.5) as i64 } else { (x - 0.5) as i64 }
 }
+
+/// Appends `tag`, the payload's length as 4 bytes little-endian, and the payload.
+#[inline]
 fn push_var(buf: &mut Vec<u8>, tag: u8, payload: &[u8]) {
-    buf.push(tag);
-    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let mut head = [0u8; 5];
+    head[0] = tag;
+    head[1..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.reserve(head.len() + payload.len());
+    buf.extend_from_slice(&head);
     buf.extend_from_slice(payload);
-}
-
-/// A small stack buffer holding the decimal digits of an `i64`.
-struct Digits {
-    buf: [u8; 20],
-    start: usize,
-}
-
-impl Digits {
-    fn as_bytes_mut(&mut self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-}
-
-fn itoa_buf(v: i64) -> Digits {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut n = v.unsigned_abs();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    if v < 0 {
-        i -= 1;
-        buf[i] = b'-';
-    }
-    Digits { buf, start: i }
 }
 
 /// The largest decimal exponent expanded into plain digits; beyond it a number is treated
@@ -557,6 +643,43 @@ mod tests {
     }
 
     #[test]
+    fn small_and_wide_numbers() {
+        let small = |m: i64, e: i16| {
+            let mut b = vec![TAG_NUMBER_SMALL];
+            b.extend_from_slice(&m.to_le_bytes());
+            b.extend_from_slice(&e.to_le_bytes());
+            b
+        };
+        assert_eq!(enc(&Value::Int(1500)), small(15, 2));
+        assert_eq!(enc(&Value::Int(0)), small(0, 0));
+        assert_eq!(enc(&Value::Int(i64::MIN)), small(i64::MIN, 0));
+        assert_eq!(enc(&Value::number_or_text("-9223372036854775808")), small(i64::MIN, 0));
+        assert_eq!(enc(&Value::number_or_text("0.0015")), small(15, -4));
+        assert_eq!(enc(&Value::number_or_text("-12.50")), small(-125, -1));
+        assert_eq!(enc(&Value::Float(12.5)), small(125, -1));
+        // Trailing zeros do not count against the width: 19 significant digits and 5 zeros.
+        assert_eq!(
+            enc(&Value::number_or_text("1234567890123456789e5")),
+            small(1_234_567_890_123_456_789, 5)
+        );
+        // One more significant digit, or 2^63, is wide: the text form.
+        for wide in ["12345678901234567891", "9223372036854775808", "0.12345678901234567891"] {
+            let mut want = vec![TAG_NUMBER];
+            want.extend_from_slice(&(wide.len() as u32).to_le_bytes());
+            want.extend_from_slice(wide.as_bytes());
+            assert_eq!(enc(&Value::number_or_text(wide)), want, "{wide}");
+        }
+        assert_ne!(enc(&Value::Float(f64::NAN)), enc(&Value::Float(f64::NEG_INFINITY)));
+        assert_eq!(
+            enc(&Value::Float(1e20)),
+            enc(&Value::number_or_text("100000000000000000000"))
+        );
+        // Leading zeros never count, however many.
+        assert_eq!(enc(&Value::number_or_text("1e-30")), small(1, -30));
+        assert_eq!(enc(&Value::Float(1e-30)), small(1, -30));
+    }
+
+    #[test]
     fn null_is_not_empty() {
         assert_ne!(enc(&Value::Null), enc(&Value::Text(String::new())));
         assert_ne!(enc(&Value::Null), enc(&Value::Bytes(Vec::new())));
@@ -637,13 +760,13 @@ mod tests {
             encode_float(f, &mut fast);
             let display = format!("{f}");
             let mut slow = Vec::new();
-            push_var(&mut slow, TAG_NUMBER, display.as_bytes());
+            encode_decimal_text(&display, &mut slow);
             prop_assert_eq!(fast, slow, "{}", display);
             let g = f64::from_bits(bits);
             if g.is_finite() && g.fract() != 0.0 {
                 let (mut fast, mut slow) = (Vec::new(), Vec::new());
                 encode_float(g, &mut fast);
-                push_var(&mut slow, TAG_NUMBER, format!("{g}").as_bytes());
+                encode_decimal_text(&format!("{g}"), &mut slow);
                 prop_assert_eq!(fast, slow, "{}", g);
             }
         }

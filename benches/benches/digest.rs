@@ -9,6 +9,10 @@
 //! - `digest_row/{xxh3,blake3}`: [`RowHasher::digest_row`], i.e. encoding the five values
 //!   into a scratch buffer and hashing key and values. Target: >= 30M rows/s per core
 //!   for xxh3.
+//! - `digest_row_cpu/xxh3`: the same as `digest_row/xxh3`, timed in the thread's CPU time
+//!   instead of wall time, so it reads as rows per second per core even while other
+//!   processes compete for the cores (wall time then counts time the thread was not
+//!   running). Frequency and cache sharing still vary with load.
 //! - `digest_row/xxh3_decimal_amount`: the same with the amount as canonical decimal text
 //!   (same encoded bytes), which skips the float formatter: its share of the cost.
 //! - `digest_encoded/{xxh3,blake3}`: [`RowHasher::digest_encoded`] on rows encoded
@@ -22,6 +26,9 @@
 
 use std::hint::black_box;
 
+use std::time::Duration;
+
+use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use driftless_benches::rng::Rng;
 use driftless_core::{Boundaries, Digest, DigestAlgorithm, Key, KeyPart, RowHasher, Tree, Value};
@@ -87,20 +94,33 @@ fn algorithms() -> [(&'static str, DigestAlgorithm); 2] {
 }
 
 fn digest_row(c: &mut Criterion) {
+    digest_row_group(c, "digest_row", true);
+}
+
+fn digest_row_cpu(c: &mut Criterion<ThreadCpu>) {
+    digest_row_group(c, "digest_row_cpu", false);
+}
+
+/// `digest_row/*` (every case) or `digest_row_cpu/xxh3` (the headline case only), under
+/// measurement `M`.
+fn digest_row_group<M: Measurement>(c: &mut Criterion<M>, name: &str, all_cases: bool) {
     let rows = rows(DIGEST_ROWS);
     let decimal_rows = with_decimal_amounts(&rows);
-    let mut group = c.benchmark_group("digest_row");
+    let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(DIGEST_ROWS as u64));
     let mut cases: Vec<(String, DigestAlgorithm, &[Row])> = algorithms()
         .iter()
+        .filter(|(name, _)| all_cases || *name == "xxh3")
         .map(|&(name, algorithm)| (name.to_owned(), algorithm, &rows[..]))
         .collect();
-    // The same rows with the float formatter out of the way, to show its share.
-    cases.push((
-        "xxh3_decimal_amount".to_owned(),
-        DigestAlgorithm::Xxh3,
-        &decimal_rows[..],
-    ));
+    if all_cases {
+        // The same rows with the amount as decimal text, to show the float path's share.
+        cases.push((
+            "xxh3_decimal_amount".to_owned(),
+            DigestAlgorithm::Xxh3,
+            &decimal_rows[..],
+        ));
+    }
     for (name, algorithm, rows) in cases {
         let hasher = RowHasher::new(algorithm, SEED);
         let mut scratch = Vec::with_capacity(SCRATCH_BYTES);
@@ -115,6 +135,77 @@ fn digest_row(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// Criterion measurement in the benchmark thread's CPU time.
+struct ThreadCpu;
+
+impl Measurement for ThreadCpu {
+    type Intermediate = cpu_time::ThreadTime;
+    type Value = Duration;
+
+    fn start(&self) -> Self::Intermediate {
+        cpu_time::ThreadTime::now()
+    }
+    fn end(&self, start: Self::Intermediate) -> Self::Value {
+        start.elapsed()
+    }
+    fn add(&self, a: &Self::Value, b: &Self::Value) -> Self::Value {
+        *a + *b
+    }
+    fn zero(&self) -> Self::Value {
+        Duration::ZERO
+    }
+    fn to_f64(&self, value: &Self::Value) -> f64 {
+        value.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &CpuFormatter
+    }
+}
+
+/// Formats CPU nanoseconds as criterion formats wall time: ns, µs, ms or s, and
+/// throughput as elements per second.
+struct CpuFormatter;
+
+impl CpuFormatter {
+    fn time_unit(typical_ns: f64) -> (f64, &'static str) {
+        match typical_ns {
+            t if t < 1e3 => (1.0, "ns (cpu)"),
+            t if t < 1e6 => (1e-3, "µs (cpu)"),
+            t if t < 1e9 => (1e-6, "ms (cpu)"),
+            _ => (1e-9, "s (cpu)"),
+        }
+    }
+}
+
+impl ValueFormatter for CpuFormatter {
+    fn scale_values(&self, typical_value: f64, values: &mut [f64]) -> &'static str {
+        let (factor, unit) = Self::time_unit(typical_value);
+        values.iter_mut().for_each(|v| *v *= factor);
+        unit
+    }
+
+    fn scale_throughputs(&self, typical_value: f64, throughput: &Throughput, values: &mut [f64]) -> &'static str {
+        let per_iteration = match throughput {
+            Throughput::Elements(n) | Throughput::Bytes(n) | Throughput::BytesDecimal(n) => *n as f64,
+        };
+        // Elements per CPU second, scaled like criterion's Melem/s.
+        let per_second = per_iteration * 1e9 / typical_value;
+        let (factor, unit) = match per_second {
+            r if r < 1e3 => (1.0, "elem/s (cpu)"),
+            r if r < 1e6 => (1e-3, "Kelem/s (cpu)"),
+            r if r < 1e9 => (1e-6, "Melem/s (cpu)"),
+            _ => (1e-9, "Gelem/s (cpu)"),
+        };
+        values.iter_mut().for_each(|v| *v = per_iteration * 1e9 / *v * factor);
+        unit
+    }
+
+    fn scale_for_machines(&self, values: &mut [f64]) -> &'static str {
+        let _ = values;
+        "ns"
+    }
 }
 
 /// `rows` with every float amount replaced by the equal canonical decimal text, the form a
@@ -226,4 +317,9 @@ fn tree(c: &mut Criterion) {
 }
 
 criterion_group!(benches, digest_row, digest_encoded, encode_row, tree);
-criterion_main!(benches);
+criterion_group! {
+    name = cpu_benches;
+    config = Criterion::default().with_measurement(ThreadCpu);
+    targets = digest_row_cpu
+}
+criterion_main!(benches, cpu_benches);

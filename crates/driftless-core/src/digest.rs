@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::value::Value;
+use crate::value::{RowBuf, Sink as _, Value};
 
 /// A 128-bit row digest.
 pub type Digest = u128;
@@ -69,8 +69,18 @@ impl RowHasher {
         }
     }
 
-    /// Digests a row from its key bytes and values, using `scratch` as the encoding buffer.
+    /// Digests a row from its key bytes and values. Rows encode into a fixed buffer on the
+    /// stack; one too long for it is encoded again into `scratch`.
+    #[inline]
     pub fn digest_row(&self, key: &[u8], values: &[Value], scratch: &mut Vec<u8>) -> Digest {
+        let mut row = RowBuf::new();
+        row.put(key);
+        for v in values {
+            v.encode(&mut row);
+        }
+        if let Some(encoded) = row.as_bytes() {
+            return self.digest_encoded(encoded, key.len());
+        }
         scratch.clear();
         scratch.extend_from_slice(key);
         for v in values {
@@ -148,6 +158,30 @@ mod tests {
         let b = RowHasher::new(DigestAlgorithm::Blake3, 1);
         assert_ne!(b.digest_encoded(b"abc", 1), b.digest_encoded(b"abc", 2));
         assert_ne!(h.digest_encoded(b"abc", 1), b.digest_encoded(b"abc", 1));
+    }
+
+    #[test]
+    fn long_rows_digest_as_short_ones_would() {
+        // Rows past the fixed buffer take the Vec path: same bytes, same digest.
+        let h = RowHasher::new(DigestAlgorithm::Xxh3, 9);
+        for len in [
+            0,
+            1,
+            200,
+            crate::value::ROW_BUF_BYTES - 14,
+            crate::value::ROW_BUF_BYTES,
+            5000,
+        ] {
+            let values = [Value::Int(7), Value::Text("x".repeat(len))];
+            let mut encoded = b"key".to_vec();
+            values.iter().for_each(|v| v.encode(&mut encoded));
+            let mut scratch = Vec::new();
+            assert_eq!(
+                h.digest_row(b"key", &values, &mut scratch),
+                h.digest_encoded(&encoded, 3),
+                "len {len}"
+            );
+        }
     }
 
     #[test]

@@ -83,10 +83,72 @@ const TAG_JSON: u8 = 8;
 /// A number `m * 10^e` whose `m` fits an `i64`: `m` as 8 bytes, `e` as 2, little-endian.
 const TAG_NUMBER_SMALL: u8 = 9;
 
+/// Where encodings are appended: a `Vec<u8>`, or the fixed row buffer of the digest hot
+/// path. Every `encode_*` function is generic over it, so both get the same bytes.
+pub trait Sink {
+    /// Appends `bytes`.
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Bytes a [`RowBuf`] holds before a row falls back to a `Vec`.
+pub const ROW_BUF_BYTES: usize = 240;
+
+/// A fixed buffer on the stack for encoding one row. Appending checks one bound and copies
+/// (fixed-size writes inline to a couple of moves), with no capacity bookkeeping; a row
+/// that does not fit reports it through [`RowBuf::as_bytes`] and is encoded again into a
+/// `Vec`.
+#[derive(Debug)]
+pub struct RowBuf {
+    buf: [u8; ROW_BUF_BYTES],
+    len: usize,
+}
+
+impl Default for RowBuf {
+    fn default() -> Self {
+        RowBuf::new()
+    }
+}
+
+impl RowBuf {
+    /// An empty buffer.
+    #[inline]
+    pub fn new() -> RowBuf {
+        RowBuf {
+            buf: [0; ROW_BUF_BYTES],
+            len: 0,
+        }
+    }
+
+    /// The bytes appended, or `None` when they did not fit.
+    #[inline]
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        self.buf.get(..self.len)
+    }
+}
+
+impl Sink for RowBuf {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if let Some(dst) = self.buf.get_mut(self.len..end) {
+            dst.copy_from_slice(bytes);
+        }
+        // Past the end the length keeps counting, so `as_bytes` reports the overflow.
+        self.len = end;
+    }
+}
+
 impl Value {
     /// Appends the canonical encoding of this value to `buf`.
     #[inline]
-    pub fn encode(&self, buf: &mut Vec<u8>) {
+    pub fn encode<S: Sink + ?Sized>(&self, buf: &mut S) {
         match self {
             Value::Null => encode_null(buf),
             Value::Bool(b) => encode_bool(*b, buf),
@@ -97,12 +159,16 @@ impl Value {
             Value::Bytes(b) => encode_bytes(b, buf),
             Value::Timestamp(us) => encode_timestamp(*us, buf),
             Value::Date(d) => {
-                buf.push(TAG_DATE);
-                buf.extend_from_slice(&d.to_le_bytes());
+                let mut out = [0u8; 5];
+                out[0] = TAG_DATE;
+                out[1..].copy_from_slice(&d.to_le_bytes());
+                buf.put(&out);
             }
             Value::Uuid(u) => {
-                buf.push(TAG_UUID);
-                buf.extend_from_slice(u);
+                let mut out = [0u8; 17];
+                out[0] = TAG_UUID;
+                out[1..].copy_from_slice(u);
+                buf.put(&out);
             }
             Value::Json(s) => push_var(buf, TAG_JSON, s.as_bytes()),
         }
@@ -168,40 +234,40 @@ fn parse_hex(s: &str) -> Option<Vec<u8>> {
 
 /// Encodes NULL.
 #[inline]
-pub fn encode_null(buf: &mut Vec<u8>) {
-    buf.push(TAG_NULL);
+pub fn encode_null<S: Sink + ?Sized>(buf: &mut S) {
+    buf.put(&[TAG_NULL]);
 }
 
 /// Encodes a boolean.
 #[inline]
-pub fn encode_bool(b: bool, buf: &mut Vec<u8>) {
-    buf.extend_from_slice(&[TAG_BOOL, b as u8]);
+pub fn encode_bool<S: Sink + ?Sized>(b: bool, buf: &mut S) {
+    buf.put(&[TAG_BOOL, b as u8]);
 }
 
 /// Encodes text given as its UTF-8 bytes.
 #[inline]
-pub fn encode_text(s: &[u8], buf: &mut Vec<u8>) {
+pub fn encode_text<S: Sink + ?Sized>(s: &[u8], buf: &mut S) {
     push_var(buf, TAG_TEXT, s);
 }
 
 /// Encodes bytes.
 #[inline]
-pub fn encode_bytes(b: &[u8], buf: &mut Vec<u8>) {
+pub fn encode_bytes<S: Sink + ?Sized>(b: &[u8], buf: &mut S) {
     push_var(buf, TAG_BYTES, b);
 }
 
 /// Encodes a timestamp in UTC microseconds.
 #[inline]
-pub fn encode_timestamp(us: i64, buf: &mut Vec<u8>) {
+pub fn encode_timestamp<S: Sink + ?Sized>(us: i64, buf: &mut S) {
     let mut out = [0u8; 9];
     out[0] = TAG_TIMESTAMP;
     out[1..].copy_from_slice(&us.to_le_bytes());
-    buf.extend_from_slice(&out);
+    buf.put(&out);
 }
 
 /// Encodes an integer.
 #[inline]
-pub fn encode_int(v: i64, buf: &mut Vec<u8>) {
+pub fn encode_int<S: Sink + ?Sized>(v: i64, buf: &mut S) {
     let (mut m, mut e) = (v, 0i16);
     // Most integers do not end in zero: one multiply-and-compare, no digit loop.
     while m != 0 && m % 10 == 0 {
@@ -213,17 +279,17 @@ pub fn encode_int(v: i64, buf: &mut Vec<u8>) {
 
 /// Encodes `m * 10^e` (`m` without trailing zeros, or zero with `e = 0`) in the fixed form.
 #[inline]
-fn encode_small_number(m: i64, e: i16, buf: &mut Vec<u8>) {
+fn encode_small_number<S: Sink + ?Sized>(m: i64, e: i16, buf: &mut S) {
     let mut out = [0u8; 11];
     out[0] = TAG_NUMBER_SMALL;
     out[1..9].copy_from_slice(&m.to_le_bytes());
     out[9..11].copy_from_slice(&e.to_le_bytes());
-    buf.extend_from_slice(&out);
+    buf.put(&out);
 }
 
 /// Encodes a float.
 #[inline]
-pub fn encode_float(f: f64, buf: &mut Vec<u8>) {
+pub fn encode_float<S: Sink + ?Sized>(f: f64, buf: &mut S) {
     // Integral floats below 2^53 are integers (a cast, not `fract`, which calls libm's trunc).
     if f.abs() < 9.0e15 && (f as i64) as f64 == f {
         encode_int(f as i64, buf);
@@ -236,7 +302,7 @@ pub fn encode_float(f: f64, buf: &mut Vec<u8>) {
 }
 
 #[cold]
-fn encode_float_slow(f: f64, buf: &mut Vec<u8>) {
+fn encode_float_slow<S: Sink + ?Sized>(f: f64, buf: &mut S) {
     if f.is_nan() {
         push_var(buf, TAG_NUMBER, b"NaN");
     } else if f.is_infinite() {
@@ -259,7 +325,7 @@ fn encode_float_slow(f: f64, buf: &mut Vec<u8>) {
 /// Encodes a number given as canonical decimal text (what [`canonical_decimal`] returns, or
 /// `NaN`, `Infinity`, `-Infinity`): the fixed form when its significant digits fit an
 /// `i64`, else the text itself.
-pub fn encode_decimal_text(s: &str, buf: &mut Vec<u8>) {
+pub fn encode_decimal_text<S: Sink + ?Sized>(s: &str, buf: &mut S) {
     match small_decimal(s.as_bytes()) {
         Some((m, e)) => encode_small_number(m, e, buf),
         None => push_var(buf, TAG_NUMBER, s.as_bytes()),
@@ -326,26 +392,31 @@ const SHORT_DECIMAL_LIMIT: f64 = (1u64 << 50) as f64;
 /// [`SHORT_DECIMAL_PLACES`] decimals, found without the formatter (money and measurements
 /// mostly look like this). `m / 10^k == f` holds exactly when the decimal parses back to
 /// `f` (the division is correctly rounded), and below [`SHORT_DECIMAL_LIMIT`] only one
-/// decimal of a given scale can parse to `f`. So when the six-place decimal round-trips,
-/// it is the shortest one padded with zeros, and stripping them gives what Display prints;
-/// when it does not, no decimal of six places or fewer does. One division, where trying
-/// scales one by one costs one per scale.
+/// decimal of a given scale can parse to `f`. So when a `k`-place decimal round-trips, it
+/// is the shortest one padded with zeros, and stripping them gives what Display prints;
+/// when it does not, no decimal of `k` places or fewer does. Two places are tried first
+/// (money: one division), then six.
 #[inline]
 fn short_decimal(f: f64) -> Option<(i64, u32)> {
-    let pow = 10f64.powi(SHORT_DECIMAL_PLACES as i32);
-    let x = f * pow;
     if !f.is_finite() {
         return None;
     }
+    let x = f * 1e6;
     if x.abs() >= SHORT_DECIMAL_LIMIT {
         return short_decimal_by_scale(f);
     }
+    // Integral floats never get here, so two places round-tripping means one or two.
+    let m = round_half_away(f * 100.0);
+    if m as f64 / 100.0 == f {
+        return Some(if m % 10 == 0 { (m / 10, 1) } else { (m, 2) });
+    }
     let m = round_half_away(x);
-    if m as f64 / pow != f {
+    if m as f64 / 1e6 != f {
         return None;
     }
+    // Three to six places: strip the zeros of the padding.
     let (mut m, mut scale) = (m, SHORT_DECIMAL_PLACES);
-    while scale > 0 && m % 10 == 0 {
+    while scale > 3 && m % 10 == 0 {
         m /= 10;
         scale -= 1;
     }
@@ -380,13 +451,12 @@ fn round_half_away(x: f64) -> i64 {
 
 /// Appends `tag`, the payload's length as 4 bytes little-endian, and the payload.
 #[inline]
-fn push_var(buf: &mut Vec<u8>, tag: u8, payload: &[u8]) {
+fn push_var<S: Sink + ?Sized>(buf: &mut S, tag: u8, payload: &[u8]) {
     let mut head = [0u8; 5];
     head[0] = tag;
     head[1..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    buf.reserve(head.len() + payload.len());
-    buf.extend_from_slice(&head);
-    buf.extend_from_slice(payload);
+    buf.put(&head);
+    buf.put(payload);
 }
 
 /// The largest decimal exponent expanded into plain digits; beyond it a number is treated

@@ -55,6 +55,7 @@ impl RowHasher {
 
     /// Digests one already-encoded row: `encoded` is the key's bytes followed by the values'
     /// canonical encodings. `key_len` separates the two so that no key can run into a value.
+    #[inline]
     pub fn digest_encoded(&self, encoded: &[u8], key_len: usize) -> Digest {
         match self.algorithm {
             DigestAlgorithm::Xxh3 => xxhash_rust::xxh3::xxh3_128_with_seed(encoded, self.seed ^ key_len as u64),

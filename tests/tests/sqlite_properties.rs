@@ -42,8 +42,11 @@ async fn scan(canonical: &Rows, stage: &Rows) -> BTreeSet<(String, String)> {
         stages: vec![CopyRef {
             name: "s".into(),
             store: Arc::new(SqliteStore::open(&url(&s), "t").await.unwrap()),
+            policy: Default::default(),
         }],
         hasher: RowHasher::new(DigestAlgorithm::Xxh3, 0),
+        dedupe_key: Vec::new(),
+        changed_column: None,
     };
     // Few rows per leaf, so small tables still make many leaves and many range queries.
     let options = ScanOptions {

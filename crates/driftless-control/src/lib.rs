@@ -2,8 +2,22 @@
 //! embedded default, a file next to the config).
 //!
 //! The schema is in `migrations/postgres` and `migrations/sqlite` (plain, commented SQL),
-//! applied by [`ControlPlane::connect`]. This crate records runs and their per-stage counts;
-//! the segment, leaf-digest, queue and ledger tables exist for the fleet and repair issues.
+//! applied by [`ControlPlane::connect`].
+//!
+//! # Layout
+//!
+//! - this file: connecting and migrating, and runs: their start, scope, per-stage results,
+//!   holds by the breaker and approvals.
+//! - [`queue`]: the divergence queue (upsert on detection, leases, backoff, dead entries).
+//! - [`ledger`]: the repair ledger, settled in one transaction with the queue entry.
+//!
+//! The segment and leaf-digest tables exist for the fleet issues.
+
+pub mod ledger;
+pub mod queue;
+
+pub use ledger::{Intent, KeyLedger, LedgerRow, LedgerUpdate, Settle};
+pub use queue::{Backoff, Depth, Detected, EntryRecord, Leased, Settlement};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -67,6 +81,8 @@ pub struct RunStart {
     pub config_digest: String,
     /// UTC microseconds since the epoch.
     pub started_us: i64,
+    /// What the run covers (JSON), so a held run can be continued.
+    pub scope: String,
 }
 
 /// One stage's result in a run.
@@ -84,6 +100,25 @@ pub struct StageCounts {
     pub divergent: i64,
     /// Repaired keys.
     pub repaired: i64,
+    /// Why the breaker held this stage's writes, if it did.
+    pub held: Option<String>,
+}
+
+/// A recorded run, as `repair --approve` reads it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunInfo {
+    /// The run's id.
+    pub run_id: String,
+    /// `scan` or `repair`.
+    pub mode: String,
+    /// `running`, `consistent`, `drift`, `held` or `failed`.
+    pub status: String,
+    /// Hex BLAKE3 of the config file it ran with.
+    pub config_digest: String,
+    /// What it covered (JSON).
+    pub scope: Option<String>,
+    /// Stages whose writes were held: `(dataset, stage, divergent keys found, why)`.
+    pub held: Vec<(String, String, i64, String)>,
 }
 
 /// A recorded run, as listed.
@@ -157,8 +192,8 @@ impl ControlPlane {
 
     /// Records the start of a run.
     pub async fn start_run(&self, run: &RunStart) -> Result<(), ControlError> {
-        const SQL: &str =
-            "INSERT INTO runs (run_id, mode, started_by, config_digest, started_us) VALUES ($1, $2, $3, $4, $5)";
+        const SQL: &str = "INSERT INTO runs (run_id, mode, started_by, config_digest, started_us, scope) \
+                           VALUES ($1, $2, $3, $4, $5, $6)";
         match &self.db {
             Db::Sqlite(pool) => bind_run::<Sqlite>(sqlx::query(&sqlite_sql(SQL)), run)
                 .execute(pool)
@@ -180,8 +215,12 @@ impl ControlPlane {
         finished_us: i64,
         stages: &[StageCounts],
     ) -> Result<(), ControlError> {
+        // A continued (approved) run records its stages again: the later result wins.
         const STAGE: &str = "INSERT INTO run_stages (run_id, dataset, stage, canonical_rows, stage_rows, divergent, \
-                             repaired) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+                             repaired, held) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                             ON CONFLICT (run_id, dataset, stage) DO UPDATE SET canonical_rows = excluded.canonical_rows, \
+                             stage_rows = excluded.stage_rows, divergent = excluded.divergent, \
+                             repaired = excluded.repaired, held = excluded.held";
         const RUN: &str = "UPDATE runs SET status = $1, finished_us = $2 WHERE run_id = $3";
         macro_rules! finish {
             ($pool:expr, $sql:expr) => {{
@@ -195,6 +234,7 @@ impl ControlPlane {
                         .bind(s.stage_rows)
                         .bind(s.divergent)
                         .bind(s.repaired)
+                        .bind(&s.held)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -236,6 +276,66 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// A run's record and its held stages, or `None` when no run has that id.
+    pub async fn run_info(&self, run_id: &str) -> Result<Option<RunInfo>, ControlError> {
+        const RUN: &str = "SELECT run_id, mode, status, config_digest, scope FROM runs WHERE run_id = $1";
+        const HELD: &str = "SELECT dataset, stage, divergent, held FROM run_stages \
+                            WHERE run_id = $1 AND held IS NOT NULL ORDER BY dataset, stage";
+        macro_rules! info {
+            ($pool:expr, $sql:expr) => {
+                async {
+                    let Some(run) = sqlx::query(&$sql(RUN)).bind(run_id).fetch_optional($pool).await? else {
+                        return Ok(None);
+                    };
+                    let held = sqlx::query_as::<_, (String, String, i64, String)>(&$sql(HELD))
+                        .bind(run_id)
+                        .fetch_all($pool)
+                        .await?;
+                    Ok::<_, sqlx::Error>(Some(RunInfo {
+                        run_id: run.get(0),
+                        mode: run.get(1),
+                        status: run.get(2),
+                        config_digest: run.get(3),
+                        scope: run.get(4),
+                        held,
+                    }))
+                }
+                .await
+            };
+        }
+        let result = match &self.db {
+            Db::Postgres(pool) => info!(pool, str::to_owned),
+            Db::Sqlite(pool) => info!(pool, sqlite_sql),
+        };
+        result.map_err(|e| self.query_err(e))
+    }
+
+    /// Records that `approved_by` approved the held run `run_id` and marks it running again.
+    /// Fails when the run is not held (approving twice, or a run that needs no approval).
+    pub async fn approve_run(&self, run_id: &str, approved_by: &str, now_us: i64) -> Result<bool, ControlError> {
+        const SQL: &str = "UPDATE runs SET status = 'running', approved_by = $1, approved_us = $2 \
+                           WHERE run_id = $3 AND status = 'held'";
+        let result = match &self.db {
+            Db::Postgres(pool) => sqlx::query(SQL)
+                .bind(approved_by)
+                .bind(now_us)
+                .bind(run_id)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+            Db::Sqlite(pool) => sqlx::query(&sqlite_sql(SQL))
+                .bind(approved_by)
+                .bind(now_us)
+                .bind(run_id)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+        };
+        Ok(result.map_err(|e| self.query_err(e))? == 1)
+    }
+}
+
 fn bind_run<'q, DB>(
     query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
     run: &'q RunStart,
@@ -251,6 +351,7 @@ where
         .bind(&run.started_by)
         .bind(&run.config_digest)
         .bind(run.started_us)
+        .bind(&run.scope)
 }
 
 /// A sqlx error without the connection URL.

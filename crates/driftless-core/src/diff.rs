@@ -10,7 +10,7 @@ use std::iter::Peekable;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
+use crate::digest::{Aggregate, Digest};
 use crate::key::Key;
 
 /// How a stage's copy of a key differs from canonical.
@@ -36,6 +36,18 @@ impl DivergenceKind {
             DivergenceKind::Changed => "changed",
             DivergenceKind::Duplicate => "duplicate",
         }
+    }
+
+    /// The kind named `name`, as [`DivergenceKind::as_str`] spells it.
+    pub fn parse(name: &str) -> Option<DivergenceKind> {
+        [
+            DivergenceKind::Missing,
+            DivergenceKind::Extra,
+            DivergenceKind::Changed,
+            DivergenceKind::Duplicate,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
     }
 }
 
@@ -124,6 +136,59 @@ fn push_duplicates<I: Iterator<Item = (Key, Digest)>>(
     }
 }
 
+/// One divergent key with everything a repair needs: what canonical held, what the stage
+/// held (all its rows of that key, as an [`Aggregate`]), and the key's kind. A key holds one
+/// entry in the divergence queue, however many rows the stage has for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyDivergence {
+    /// The key.
+    pub key: Key,
+    /// `duplicate` when the stage holds the key more than once, else the row's kind.
+    pub kind: DivergenceKind,
+    /// The canonical row's digest, if canonical has the key.
+    pub canonical: Option<Digest>,
+    /// The stage's rows of this key: `(0, 0)` when it has none.
+    pub stage: Aggregate,
+}
+
+/// Groups the row-level divergences of [`merge_join`] (sorted by key) into one entry per
+/// key. A key the stage holds twice, once equal to canonical, shows in `divergences` only by
+/// its surplus row; the row equal to canonical is added back into the stage aggregate.
+pub fn by_key(divergences: &[Divergence]) -> Vec<KeyDivergence> {
+    let mut out: Vec<KeyDivergence> = Vec::new();
+    let mut i = 0;
+    while i < divergences.len() {
+        let first = &divergences[i];
+        let mut stage = Aggregate::default();
+        let mut rows_unequal_to_canonical = false;
+        let mut j = i;
+        while j < divergences.len() && divergences[j].key == first.key {
+            let d = &divergences[j];
+            if let Some(digest) = d.stage {
+                stage.add(digest);
+            }
+            rows_unequal_to_canonical |= matches!(d.kind, DivergenceKind::Changed | DivergenceKind::Extra);
+            j += 1;
+        }
+        let duplicated = j - i > 1 || first.kind == DivergenceKind::Duplicate;
+        if let (true, false, Some(c)) = (duplicated, rows_unequal_to_canonical, first.canonical) {
+            stage.add(c);
+        }
+        out.push(KeyDivergence {
+            key: first.key.clone(),
+            kind: if duplicated {
+                DivergenceKind::Duplicate
+            } else {
+                first.kind
+            },
+            canonical: first.canonical,
+            stage,
+        });
+        i = j;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +225,29 @@ mod tests {
     fn identical_streams_have_no_divergence() {
         let c = rows(&[(1, 10), (2, 20)]);
         assert!(merge_join(c.clone(), c).is_empty());
+    }
+
+    #[test]
+    fn keys_group_every_stage_row() {
+        let c = rows(&[(1, 10), (2, 20), (3, 30), (6, 60)]);
+        let s = rows(&[(2, 20), (2, 20), (3, 31), (3, 32), (4, 40), (5, 50), (5, 51), (6, 61)]);
+        let keys = by_key(&merge_join(c, s));
+        let got: Vec<(String, DivergenceKind, Option<u128>, u64, u128)> = keys
+            .iter()
+            .map(|k| (k.key.to_string(), k.kind, k.canonical, k.stage.count, k.stage.sum))
+            .collect();
+        use DivergenceKind::*;
+        assert_eq!(
+            got,
+            vec![
+                ("1".into(), Missing, Some(10), 0, 0),
+                ("2".into(), Duplicate, Some(20), 2, 40),
+                ("3".into(), Duplicate, Some(30), 2, 63),
+                ("4".into(), Extra, None, 1, 40),
+                ("5".into(), Duplicate, None, 2, 101),
+                ("6".into(), Changed, Some(60), 1, 61),
+            ]
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod key;
 pub mod tree;
 pub mod value;
 
-pub use diff::{Divergence, DivergenceKind, merge_join};
+pub use diff::{Divergence, DivergenceKind, KeyDivergence, by_key, merge_join};
 pub use digest::{Aggregate, Digest, DigestAlgorithm, RowHasher};
 pub use key::{Key, KeyError, KeyPart};
 pub use tree::{Boundaries, KeyRange, Tree};

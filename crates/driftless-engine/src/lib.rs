@@ -10,15 +10,28 @@
 //! - [`metrics`]: the metric families of DESIGN.md, rendered as Prometheus text, written
 //!   atomically as a textfile or pushed to a Pushgateway.
 //! - [`pace`]: per-stage pacing of repair writes, a governor rate limit with AIMD.
+//! - [`run`]: a dataset's run against the control plane: detection queued as it goes, and
+//!   for `repair` the breaker, the repairs, backpressure and verification, stage by stage.
+//! - [`repair`]: one stage's repairer (lease, re-read canonical, ledger intent, conditional
+//!   write, settle). [`compensate`] compiles compensating statements; [`policy`] holds
+//!   the per-stage policy and run-wide settings; [`detect`] scoped runs and duplicate commits.
 //!
 //! The engine depends on the store traits only; the binary chooses the implementations.
 
+pub mod compensate;
+pub mod detect;
 pub mod metrics;
 pub mod pace;
+pub mod policy;
+pub mod repair;
 pub mod report;
+pub mod run;
 pub mod scan;
 
+pub use detect::Scope;
 pub use metrics::{Metrics, MetricsError, RepairOutcome};
 pub use pace::{PaceConfig, PaceError, Pacer};
+pub use policy::{RepairMode, RepairSettings, StagePolicy};
 pub use report::{DatasetReport, DivergenceReport, Mode, RunReport, StageReport};
+pub use run::{RunContext, run_dataset};
 pub use scan::{CopyRef, DatasetPlan, EngineError, ScanOptions, scan_dataset};

@@ -32,7 +32,7 @@ pub enum MetricsError {
 }
 
 /// How a repair ended, as the `outcome` label of `driftless_repairs_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RepairOutcome {
     /// The write was made.
     Applied,
@@ -48,6 +48,8 @@ pub enum RepairOutcome {
     Dead,
     /// Planned only (`--dry-run`, report mode, or held by the breaker).
     Planned,
+    /// Compensate mode has no statement for the divergence's kind: left as it is.
+    NoStatement,
 }
 
 impl RepairOutcome {
@@ -61,6 +63,7 @@ impl RepairOutcome {
             RepairOutcome::Failed => "failed",
             RepairOutcome::Dead => "dead",
             RepairOutcome::Planned => "planned",
+            RepairOutcome::NoStatement => "no_statement",
         }
     }
 }

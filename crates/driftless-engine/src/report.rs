@@ -18,6 +18,8 @@ pub enum Mode {
 pub struct RunReport {
     /// Unique id of the run.
     pub run_id: String,
+    /// `consistent`, `drift`, or `held` (a stage awaits `driftless repair --approve`).
+    pub status: &'static str,
     /// What the run did.
     pub mode: Mode,
     /// One entry per dataset, in config order.
@@ -48,6 +50,59 @@ pub struct StageReport {
     pub repaired: u64,
     /// The divergent keys, in key order.
     pub divergences: Vec<DivergenceReport>,
+    /// What `repair` did to the stage; absent for `scan`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repair: Option<StageRepairReport>,
+}
+
+/// What a repair run did to one stage (an extension of the DESIGN.md report contract).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StageRepairReport {
+    /// `overwrite`, `compensate` or `report`.
+    pub mode: &'static str,
+    /// `repaired` (nothing left), `incomplete` (some keys left, listed below), `held`
+    /// (breaker: approval needed), `halted` (an earlier stage did not finish), `dry_run`,
+    /// `report` (mode report), or `verify_failed`.
+    pub status: &'static str,
+    /// Why writes were held or halted, or what verification found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Entries by outcome (`applied`, `already_applied`, `resolved`, `skipped_newer`,
+    /// `failed` attempts, `dead`, `planned`, `no_statement`).
+    pub outcomes: std::collections::BTreeMap<&'static str, u64>,
+    /// Keys not overwritten because the stage changed after detection (a newer write).
+    pub skipped_newer: Vec<Json>,
+    /// Entries parked after failing too often, with the last error.
+    pub dead: Vec<DeadReport>,
+    /// With `--dry-run` (or mode report): the write each divergent key would get.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub planned: Vec<PlannedReport>,
+    /// Time detection spent paused by backpressure and writes waited on the rate limit.
+    pub held_back_secs: f64,
+}
+
+/// A queue entry parked as dead.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeadReport {
+    /// The key.
+    pub key: Json,
+    /// The divergence kind.
+    pub kind: String,
+    /// Failed attempts.
+    pub attempts: i64,
+    /// The last error.
+    pub error: Option<String>,
+}
+
+/// A write a dry run would make.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedReport {
+    /// The key.
+    pub key: Json,
+    /// The divergence kind.
+    pub kind: &'static str,
+    /// `put`, `delete` or `compensate`.
+    pub action: &'static str,
 }
 
 /// One divergent key.
@@ -60,6 +115,25 @@ pub struct DivergenceReport {
 }
 
 impl RunReport {
+    /// Whether the breaker held some stage's writes.
+    pub fn held(&self) -> bool {
+        self.datasets
+            .iter()
+            .flat_map(|d| &d.stages)
+            .any(|s| s.repair.as_ref().is_some_and(|r| r.status == "held"))
+    }
+
+    /// `held`, `drift` or `consistent`.
+    pub fn status_of(&self) -> &'static str {
+        if self.held() {
+            "held"
+        } else if self.has_drift() {
+            "drift"
+        } else {
+            "consistent"
+        }
+    }
+
     /// Whether any stage of any dataset has divergences left.
     pub fn has_drift(&self) -> bool {
         self.datasets

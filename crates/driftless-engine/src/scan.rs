@@ -14,6 +14,7 @@ use driftless_store::{Progress, Schema, Store, StoreError};
 use futures::future::try_join_all;
 use tracing::{debug, info};
 
+use crate::policy::StagePolicy;
 use crate::report::{DatasetReport, DivergenceReport, StageReport};
 
 /// Rows a leaf should hold on average. Small leaves make re-reads of divergent ranges
@@ -31,6 +32,8 @@ pub struct CopyRef {
     pub name: String,
     /// Where it lives.
     pub store: Arc<dyn Store>,
+    /// How `repair` treats it.
+    pub policy: StagePolicy,
 }
 
 /// Everything a scan of one dataset needs.
@@ -48,6 +51,10 @@ pub struct DatasetPlan {
     pub stages: Vec<CopyRef>,
     /// The row hasher every copy is digested with.
     pub hasher: RowHasher,
+    /// Columns holding a commit id: stage rows repeating one are duplicate commits.
+    pub dedupe_key: Vec<String>,
+    /// The column holding each row's change time, for runs scoped by `--since`.
+    pub changed_column: Option<String>,
 }
 
 /// Knobs and progress counters of a scan.
@@ -84,6 +91,23 @@ pub enum EngineError {
         /// The store's error, part of this message (not a separate cause, so it prints once).
         error: StoreError,
     },
+    /// The control plane failed.
+    #[error("dataset {dataset:?}: {error}")]
+    Control {
+        /// The dataset.
+        dataset: String,
+        /// The control plane's error.
+        error: driftless_control::ControlError,
+    },
+    /// Input the run was given does not fit the dataset (a key in a `--keys` file, a
+    /// compensating statement, a scope the dataset cannot serve).
+    #[error("dataset {dataset:?}: {reason}")]
+    Input {
+        /// The dataset.
+        dataset: String,
+        /// What is wrong, and where.
+        reason: String,
+    },
     /// A digest task panicked or was cancelled.
     #[error("dataset {dataset:?}, {copy}: digest task failed: {reason}")]
     Task {
@@ -96,37 +120,65 @@ pub enum EngineError {
     },
 }
 
-fn canonical_label() -> String {
+/// How errors name the canonical copy.
+pub fn canonical_label() -> String {
     "canonical copy".to_owned()
 }
 
-fn stage_label(name: &str) -> String {
+/// How errors name a stage.
+pub fn stage_label(name: &str) -> String {
     format!("stage {name:?}")
 }
 
-/// Scans one dataset: every stage compared with canonical. Writes nothing.
-pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<DatasetReport, EngineError> {
-    let store_err = |copy: String| {
-        let dataset = plan.name.clone();
-        move |error| EngineError::Store {
-            dataset: dataset.clone(),
-            copy: copy.clone(),
-            error,
-        }
-    };
+/// A dataset made ready for comparison: its schema, its boundaries, and per stage the pair
+/// of trees to compare (canonical's of the matching kind, and the stage's).
+#[derive(Debug)]
+pub struct Prepared {
+    /// The schema, resolved on canonical and checked on every stage.
+    pub schema: Arc<Schema>,
+    /// The leaf boundaries every tree shares.
+    pub boundaries: Arc<Boundaries>,
+    /// Per stage, in plan order: `(canonical tree, stage tree)`.
+    pub trees: Vec<(Tree, Tree)>,
+}
+
+/// What one stage's trees say before any row is re-read.
+#[derive(Debug, Clone)]
+pub struct StagePlan {
+    /// The key ranges to re-read: divergent leaves, adjacent ones coalesced.
+    pub ranges: Vec<KeyRange>,
+    /// Rows in canonical.
+    pub canonical_rows: u64,
+    /// Rows in the stage.
+    pub stage_rows: u64,
+    /// An upper bound of the divergent keys: the rows of both copies in divergent leaves.
+    pub bound: u64,
+}
+
+/// Resolves the schema on canonical and checks it on every stage.
+pub async fn resolve_schema(plan: &DatasetPlan) -> Result<Schema, EngineError> {
     let schema = plan
         .canonical
         .schema(&plan.key, plan.columns.as_deref())
         .await
-        .map_err(store_err(canonical_label()))?;
+        .map_err(|error| EngineError::Store {
+            dataset: plan.name.clone(),
+            copy: canonical_label(),
+            error,
+        })?;
     try_join_all(plan.stages.iter().map(|s| async {
-        s.store
-            .check_schema(&schema)
-            .await
-            .map_err(store_err(stage_label(&s.name)))
+        s.store.check_schema(&schema).await.map_err(|error| EngineError::Store {
+            dataset: plan.name.clone(),
+            copy: stage_label(&s.name),
+            error,
+        })
     }))
     .await?;
+    Ok(schema)
+}
 
+/// Chooses boundaries and digests canonical and every stage into trees, concurrently.
+pub async fn prepare(plan: &DatasetPlan, schema: Schema, options: &ScanOptions) -> Result<Prepared, EngineError> {
     let (boundaries, rows) = choose_boundaries(plan, &schema, options).await?;
     // A stage whose store digests leaves in place the same way canonical's does is compared
     // on push-down trees; every other stage on row-digest trees built here.
@@ -152,33 +204,94 @@ pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<D
 
     let schema = Arc::new(schema);
     let boundaries = Arc::new(boundaries);
-    let trees = build_trees(plan, &schema, &boundaries, jobs, options).await?;
+    let mut built = build_trees(plan, &schema, &boundaries, jobs, options).await?;
+    // Canonical's trees come first in `built`, the stages' after them in plan order.
+    let stage_trees = built.split_off(built.len() - plan.stages.len());
+    let trees = stage_trees
+        .into_iter()
+        .map(|(in_place, tree)| {
+            let canonical = built
+                .iter()
+                .find(|(p, _)| *p == in_place)
+                .map(|(_, t)| t.clone())
+                .expect("canonical's tree of each kind in use is built");
+            (canonical, tree)
+        })
+        .collect();
+    Ok(Prepared {
+        schema,
+        boundaries,
+        trees,
+    })
+}
 
-    // Canonical's trees come first in `trees`, the stages' after them in config order.
-    let canonical_tree = |in_place: bool| {
-        trees
-            .iter()
-            .find(|(p, _)| *p == in_place)
-            .map(|(_, t)| t)
-            .expect("canonical's tree of each kind in use is built")
-    };
-    let stage_trees = &trees[trees.len() - plan.stages.len()..];
-    let stages = try_join_all(plan.stages.iter().zip(stage_trees).map(|(stage, (in_place, tree))| {
-        compare_stage(
-            plan,
-            &schema,
-            &boundaries,
-            canonical_tree(*in_place),
-            stage,
-            tree,
-            options,
-        )
-    }))
-    .await?;
+/// Compares one stage's tree with canonical's, top-down.
+pub fn stage_plan(prepared: &Prepared, stage: usize) -> StagePlan {
+    let (canonical, tree) = &prepared.trees[stage];
+    let leaves = canonical.diff(tree);
+    let bound = leaves
+        .iter()
+        .map(|&l| canonical.leaves()[l].count + tree.leaves()[l].count)
+        .sum();
+    StagePlan {
+        ranges: prepared.boundaries.coalesce(&leaves),
+        canonical_rows: canonical.root().count,
+        stage_rows: tree.root().count,
+        bound,
+    }
+}
+
+/// Scans one dataset: every stage compared with canonical. Writes nothing, records nothing.
+pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<DatasetReport, EngineError> {
+    let schema = resolve_schema(plan).await?;
+    let prepared = prepare(plan, schema, options).await?;
+    let mut stages = Vec::new();
+    for (i, stage) in plan.stages.iter().enumerate() {
+        let sp = stage_plan(&prepared, i);
+        info!(dataset = %plan.name, stage = %stage.name, ranges = sp.ranges.len(), "comparing divergent ranges");
+        let mut divergences = Vec::new();
+        for range in sp.ranges {
+            divergences.extend(diff_range(plan, &prepared.schema, stage, range, &options.progress).await?);
+        }
+        stages.push(stage_report(
+            &stage.name,
+            &prepared.schema,
+            sp.canonical_rows,
+            sp.stage_rows,
+            &divergences,
+        ));
+    }
     Ok(DatasetReport {
         dataset: plan.name.clone(),
         stages,
     })
+}
+
+/// A stage's report from its row-level divergences, before any repair.
+pub fn stage_report(
+    stage: &str,
+    schema: &Schema,
+    canonical_rows: u64,
+    stage_rows: u64,
+    divergences: &[driftless_core::Divergence],
+) -> StageReport {
+    let key_names = schema.key_names();
+    let divergences: Vec<DivergenceReport> = divergences
+        .iter()
+        .map(|d| DivergenceReport {
+            key: d.key.to_json(&key_names),
+            kind: d.kind.as_str(),
+        })
+        .collect();
+    StageReport {
+        stage: stage.to_owned(),
+        canonical_rows,
+        stage_rows,
+        divergent: divergences.len() as u64,
+        repaired: 0,
+        divergences,
+        repair: None,
+    }
 }
 
 /// Boundaries at the quantiles of a sample of canonical's keys, about
@@ -249,44 +362,8 @@ async fn build_trees(
     .await
 }
 
-/// Compares one stage's tree with canonical and names the divergent keys of the leaves
-/// that differ.
-async fn compare_stage(
-    plan: &DatasetPlan,
-    schema: &Schema,
-    boundaries: &Boundaries,
-    canonical_tree: &Tree,
-    stage: &CopyRef,
-    stage_tree: &Tree,
-    options: &ScanOptions,
-) -> Result<StageReport, EngineError> {
-    let leaves = canonical_tree.diff(stage_tree);
-    let ranges = boundaries.coalesce(&leaves);
-    info!(dataset = %plan.name, stage = %stage.name, leaves = leaves.len(), ranges = ranges.len(), "comparing divergent ranges");
-    let mut divergences = Vec::new();
-    for range in ranges {
-        divergences.extend(diff_range(plan, schema, stage, range, &options.progress).await?);
-    }
-    let key_names = schema.key_names();
-    let divergences: Vec<DivergenceReport> = divergences
-        .into_iter()
-        .map(|d| DivergenceReport {
-            key: d.key.to_json(&key_names),
-            kind: d.kind.as_str(),
-        })
-        .collect();
-    Ok(StageReport {
-        stage: stage.name.clone(),
-        canonical_rows: canonical_tree.root().count,
-        stage_rows: stage_tree.root().count,
-        divergent: divergences.len() as u64,
-        repaired: 0,
-        divergences,
-    })
-}
-
 /// Reads one range from canonical and the stage and merge-joins them.
-async fn diff_range(
+pub async fn diff_range(
     plan: &DatasetPlan,
     schema: &Schema,
     stage: &CopyRef,

@@ -172,6 +172,10 @@ impl FsStore {
 
 #[async_trait]
 impl Store for FsStore {
+    fn kind(&self) -> &'static str {
+        "directory"
+    }
+
     fn location(&self) -> &str {
         &self.location
     }

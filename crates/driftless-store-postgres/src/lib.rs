@@ -49,6 +49,8 @@ pub struct PgStore {
     /// The table as given in the config (`name` or `schema.name`).
     table: String,
     pool: PgPool,
+    /// Repairs may write ([`PgStore::for_writing`]).
+    writable: bool,
 }
 
 /// A column as the catalog describes it.
@@ -87,7 +89,15 @@ impl PgStore {
             location,
             table: table.to_owned(),
             pool,
+            writable: false,
         })
+    }
+
+    /// The same copy, which repairs may write. A store opened by [`PgStore::open`] refuses
+    /// writes, so a scan can never write by mistake.
+    pub fn for_writing(mut self) -> PgStore {
+        self.writable = true;
+        self
     }
 
     fn read_err(&self, e: &sqlx::Error) -> StoreError {
@@ -210,6 +220,10 @@ pub fn logical_type(pg_type: &str) -> LogicalType {
 
 #[async_trait]
 impl Store for PgStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
     fn location(&self) -> &str {
         &self.location
     }

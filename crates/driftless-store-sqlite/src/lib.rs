@@ -18,6 +18,7 @@
 mod decode;
 mod raw;
 mod sql;
+mod write;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -27,7 +28,9 @@ use async_trait::async_trait;
 use driftless_core::key::KeyBuilder;
 use driftless_core::tree::LeafBuilder;
 use driftless_core::{Boundaries, Key, KeyRange, RowHasher, Tree, Value};
-use driftless_store::{Column, DigestBatch, DigestStream, Progress, Sample, Schema, Store, StoreError, redact_url};
+use driftless_store::{
+    Column, DigestBatch, DigestStream, Progress, Sample, Schema, Store, StoreError, WriteOp, WriteResult, redact_url,
+};
 use raw::{RawError, for_each_row};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
@@ -39,6 +42,8 @@ const BATCH_ROWS: usize = 4096;
 const BATCHES_AHEAD: usize = 4;
 /// Connections per copy: enough for a full scan and a few range reads at once.
 const POOL_CONNECTIONS: u32 = 4;
+/// How long a write waits for another connection's lock on the database.
+pub const BUSY_TIMEOUT_SECS: u64 = 30;
 
 /// One SQLite table holding a copy of a dataset.
 #[derive(Debug, Clone)]
@@ -46,6 +51,8 @@ pub struct SqliteStore {
     location: Arc<str>,
     table: String,
     pool: SqlitePool,
+    /// Opened with [`SqliteStore::open_writable`].
+    writable: bool,
 }
 
 /// A column as `pragma_table_info` describes it.
@@ -61,6 +68,16 @@ impl SqliteStore {
     /// Opens `table` in the SQLite database at `url` (`sqlite://path/to.db`,
     /// `sqlite:///abs/path.db`), read-only.
     pub async fn open(url: &str, table: &str) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(url, table, false).await
+    }
+
+    /// Opens `table` for repair: like [`SqliteStore::open`], but writable. Writers wait up to
+    /// [`BUSY_TIMEOUT_SECS`] for another process's write lock.
+    pub async fn open_writable(url: &str, table: &str) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(url, table, true).await
+    }
+
+    async fn open_with(url: &str, table: &str, writable: bool) -> Result<SqliteStore, StoreError> {
         let location = format!("{} table {table:?}", redact_url(url));
         let open_err = |reason: String| StoreError::Open {
             location: location.clone(),
@@ -68,7 +85,8 @@ impl SqliteStore {
         };
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| open_err(format!("not a SQLite URL: {e}")))?
-            .read_only(true)
+            .read_only(!writable)
+            .busy_timeout(std::time::Duration::from_secs(BUSY_TIMEOUT_SECS))
             .create_if_missing(false);
         let pool = SqlitePoolOptions::new()
             .max_connections(POOL_CONNECTIONS)
@@ -79,6 +97,7 @@ impl SqliteStore {
             location: location.into(),
             table: table.to_owned(),
             pool,
+            writable,
         })
     }
 
@@ -143,6 +162,20 @@ impl RowReader {
             scratch: Vec::with_capacity(256),
             previous: None,
         }
+    }
+
+    /// Digests a row whose first columns are the key and the rest the compared values,
+    /// without checking order (point reads).
+    fn digest_any(&mut self, row: &rusqlite::Row<'_>) -> Result<(Key, driftless_core::Digest), StoreError> {
+        let key = read_key(&self.location, &self.schema, row)?;
+        self.scratch.clear();
+        self.scratch.extend_from_slice(key.as_bytes());
+        let key_cols = self.schema.key.len();
+        for (i, col) in self.schema.values.iter().enumerate() {
+            decode::encode(raw_value(row, key_cols + i)?, col.ty, &mut self.scratch);
+        }
+        let digest = self.hasher.digest_encoded(&self.scratch, key.as_bytes().len());
+        Ok((key, digest))
     }
 
     fn digest(&mut self, row: &rusqlite::Row<'_>) -> Result<(Key, driftless_core::Digest), StoreError> {
@@ -336,31 +369,41 @@ impl Store for SqliteStore {
     }
 
     async fn fetch(&self, schema: &Schema, keys: &[Key]) -> Result<Vec<(Key, Vec<Value>)>, StoreError> {
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let binds = sql::key_binds(key).map_err(|r| self.schema_err(r))?;
-            let key_cols = schema.key.len();
-            let types: Vec<_> = schema.values.iter().map(|c| c.ty).collect();
-            let found = self
-                .rows(
-                    sql::point_select(&self.table, schema),
-                    binds,
-                    None,
-                    move |found, row| {
-                        let values = types
-                            .iter()
-                            .enumerate()
-                            .map(|(i, ty)| Ok(decode::value(raw_value(row, key_cols + i)?, *ty)));
-                        *found = Some(values.collect::<Result<Vec<_>, StoreError>>()?);
-                        Ok(())
-                    },
-                )
-                .await?;
-            if let Some(values) = found {
-                out.push((key.clone(), values));
-            }
-        }
-        Ok(out)
+        self.fetch_rows(schema, keys).await
+    }
+
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn writable(&self) -> bool {
+        self.writable
+    }
+
+    fn placeholder(&self, n: usize) -> Option<String> {
+        Some(format!("?{n}"))
+    }
+
+    async fn apply(
+        &self,
+        check: &Schema,
+        write: &Schema,
+        hasher: &RowHasher,
+        ops: &[WriteOp],
+    ) -> Result<Vec<WriteResult>, StoreError> {
+        self.apply_ops(check, write, hasher, ops).await
+    }
+
+    async fn digest_keys(&self, schema: &Schema, keys: &[Key], hasher: &RowHasher) -> Result<DigestBatch, StoreError> {
+        self.digest_rows_of(schema, keys, hasher).await
+    }
+
+    async fn keys_since(&self, schema: &Schema, column: &str, since_us: i64) -> Result<Vec<Key>, StoreError> {
+        self.keys_changed_since(schema, column, since_us).await
+    }
+
+    async fn duplicate_groups(&self, schema: &Schema, columns: &[String]) -> Result<Vec<Vec<Key>>, StoreError> {
+        self.duplicate_key_groups(schema, columns).await
     }
 }
 

@@ -45,12 +45,47 @@ where
 
 fn step_all<E>(
     runtime: &tokio::runtime::Handle,
-    mut conn: PoolConnection<Sqlite>,
+    conn: PoolConnection<Sqlite>,
     sql: &str,
     binds: Vec<Bind>,
     on_row: &mut impl FnMut(&rusqlite::Row<'_>) -> Result<(), E>,
 ) -> Result<(), RawError<E>> {
-    let sql_err = |e: rusqlite::Error| RawError::Sql(e.to_string());
+    on_raw(runtime, conn, |db| {
+        let mut statement = db.prepare(sql).map_err(sql_err)?;
+        let mut rows = statement.query(rusqlite::params_from_iter(binds)).map_err(sql_err)?;
+        while let Some(row) = rows.next().map_err(sql_err)? {
+            on_row(row).map_err(RawError::Row)?;
+        }
+        Ok(())
+    })
+}
+
+/// A rusqlite error as a raw error.
+pub fn sql_err<E>(e: rusqlite::Error) -> RawError<E> {
+    RawError::Sql(e.to_string())
+}
+
+/// Runs `f` on a blocking thread with a rusqlite connection over the raw handle of a pooled
+/// sqlx connection: for work that needs several statements on one connection, such as a
+/// transaction of conditional writes.
+pub async fn with_connection<T, E, F>(pool: &SqlitePool, f: F) -> Result<T, RawError<E>>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    F: FnOnce(&rusqlite::Connection) -> Result<T, RawError<E>> + Send + 'static,
+{
+    let conn = pool.acquire().await.map_err(|e| RawError::Sql(e.to_string()))?;
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || on_raw(&runtime, conn, f))
+        .await
+        .map_err(|e| RawError::Sql(format!("task failed: {e}")))?
+}
+
+fn on_raw<T, E>(
+    runtime: &tokio::runtime::Handle,
+    mut conn: PoolConnection<Sqlite>,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, RawError<E>>,
+) -> Result<T, RawError<E>> {
     let mut locked = runtime
         .block_on(conn.lock_handle())
         .map_err(|e| RawError::Sql(e.to_string()))?;
@@ -61,10 +96,5 @@ fn step_all<E>(
     // the handle when dropped; sqlx keeps owning it. rusqlite links the same libsqlite3-sys
     // as sqlx (pinned in the workspace), so the handle's type is the same C type.
     let db = unsafe { rusqlite::Connection::from_handle(handle.as_ptr()) }.map_err(sql_err)?;
-    let mut statement = db.prepare(sql).map_err(sql_err)?;
-    let mut rows = statement.query(rusqlite::params_from_iter(binds)).map_err(sql_err)?;
-    while let Some(row) = rows.next().map_err(sql_err)? {
-        on_row(row).map_err(RawError::Row)?;
-    }
-    Ok(())
+    f(&db)
 }

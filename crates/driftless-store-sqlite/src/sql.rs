@@ -102,3 +102,27 @@ pub fn key_binds(key: &Key) -> Result<Vec<Bind>, String> {
         })
         .collect())
 }
+
+/// Key columns and one more column, for selecting rows by change time.
+pub fn keys_and(table: &str, schema: &Schema, column: &str) -> String {
+    format!(
+        "SELECT {}, {} FROM {}",
+        select_list(schema, false),
+        ident(column),
+        ident(table)
+    )
+}
+
+/// The `columns` and key of every row whose `columns` value more than one row holds,
+/// ordered so that rows sharing a value are adjacent.
+pub fn duplicate_select(table: &str, schema: &Schema, columns: &[String]) -> String {
+    let cols: Vec<String> = columns.iter().map(|c| ident(c)).collect();
+    let cols = cols.join(", ");
+    format!(
+        "SELECT {cols}, {} FROM {t} WHERE ({cols}) IN (SELECT {cols} FROM {t} GROUP BY {cols} HAVING count(*) > 1) \
+         ORDER BY {cols}, {}",
+        select_list(schema, false),
+        key_list(schema),
+        t = ident(table),
+    )
+}

@@ -14,10 +14,15 @@
 //!   and a store that can aggregate where the data lives (SQL push-down) overrides it;
 //! - [`Store::fetch`] reads whole rows by key, for reports and for repair.
 //!
-//! Writing is designed but not built yet (the repair issue builds it): a store will take
-//! conditional upserts and deletes, each carrying the digest the key had when the divergence
-//! was detected, applied only while the key still has that digest, in one transaction with
-//! the check, and recorded under the repair's idempotency key.
+//! Writing is what repair needs ([`write`]): [`Store::apply`] takes conditional writes, each
+//! carrying what the key held when the divergence was detected, applied only while the key
+//! still holds that, in one transaction with the check. Scoped runs and the duplicate-commit
+//! check read by key: [`Store::digest_keys`], [`Store::keys_since`],
+//! [`Store::duplicate_groups`].
+
+pub mod write;
+
+pub use write::{WriteAction, WriteOp, WriteResult};
 
 use std::fmt;
 use std::sync::Arc;
@@ -200,6 +205,76 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// The compared values of the rows with the given keys; keys not present are left out.
     async fn fetch(&self, schema: &Schema, keys: &[Key]) -> Result<Vec<(Key, Vec<Value>)>, StoreError>;
+
+    /// What kind of store this is (`sqlite`, `postgres`, `directory`). Repairs between two
+    /// copies of the same kind carry values in the store's own representation.
+    fn kind(&self) -> &'static str;
+
+    /// Whether the copy was opened for writing ([`Store::apply`]).
+    fn writable(&self) -> bool {
+        false
+    }
+
+    /// The `n`-th (1-based) bind placeholder of this store's SQL, for compensating
+    /// statements; `None` for a store that runs no SQL.
+    fn placeholder(&self, n: usize) -> Option<String> {
+        let _ = n;
+        None
+    }
+
+    /// Applies conditional writes, in one transaction with their checks: each op is made
+    /// only if the rows with its key, digested over `check` (the dataset's compared schema,
+    /// exactly as [`Store::scan`] digests them), still aggregate to [`WriteOp::seen`].
+    /// `write` names the columns `Put` values are for. One result per op, in order.
+    async fn apply(
+        &self,
+        check: &Schema,
+        write: &Schema,
+        hasher: &RowHasher,
+        ops: &[WriteOp],
+    ) -> Result<Vec<WriteResult>, StoreError> {
+        let _ = (check, write, hasher, ops);
+        Err(self.unsupported("cannot be written (repair it with mode = \"report\")"))
+    }
+
+    /// The `(key, digest)` of every row with one of `keys`, in key order (a key held twice
+    /// appears twice). The default reads [`Store::fetch`] and digests the values.
+    async fn digest_keys(&self, schema: &Schema, keys: &[Key], hasher: &RowHasher) -> Result<DigestBatch, StoreError> {
+        let mut sorted = keys.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut scratch = Vec::new();
+        let rows = self.fetch(schema, &sorted).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, values)| {
+                let digest = hasher.digest_row(key.as_bytes(), &values, &mut scratch);
+                (key, digest)
+            })
+            .collect())
+    }
+
+    /// Keys of the rows whose `column` holds a time at or after `since_us` (UTC
+    /// microseconds), for repairs scoped to what changed since a rollback.
+    async fn keys_since(&self, schema: &Schema, column: &str, since_us: i64) -> Result<Vec<Key>, StoreError> {
+        let _ = (schema, column, since_us);
+        Err(self.unsupported("cannot select rows by change time"))
+    }
+
+    /// For every value of the `columns` (a dedupe key: a commit id) that more than one row
+    /// holds, the keys of those rows, sorted. Groups come in no particular order.
+    async fn duplicate_groups(&self, schema: &Schema, columns: &[String]) -> Result<Vec<Vec<Key>>, StoreError> {
+        let _ = (schema, columns);
+        Err(self.unsupported("cannot group rows by a dedupe key"))
+    }
+
+    /// The error for an operation this kind of store does not offer.
+    fn unsupported(&self, what: &str) -> StoreError {
+        StoreError::Schema {
+            location: self.location().to_owned(),
+            reason: format!("a {} copy {what}", self.kind()),
+        }
+    }
 }
 
 /// Checks that keys arrive in strictly increasing order (equal keys are allowed and become

@@ -9,7 +9,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use driftless_core::DigestAlgorithm;
+use driftless_control::Backoff;
+use driftless_core::{DigestAlgorithm, DivergenceKind};
+use driftless_engine::{PaceConfig, RepairMode, RepairSettings, StagePolicy};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -23,6 +25,9 @@ pub struct Config {
     /// How rows are digested.
     #[serde(default)]
     pub digest: DigestConfig,
+    /// Run-wide repair settings.
+    #[serde(default)]
+    pub repair: RepairConfig,
     /// The datasets, in the order reports list them.
     #[serde(default)]
     pub datasets: Vec<Dataset>,
@@ -48,6 +53,63 @@ pub struct DigestConfig {
     pub seed: u64,
 }
 
+/// The `[repair]` table: settings of the repair machinery, the same for every stage.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairConfig {
+    /// How long a repairer owns a leased entry before another may take it. Default 60.
+    pub lease_secs: Option<Spanned<u64>>,
+    /// Entries leased and written per stage transaction. Default 64.
+    pub batch_keys: Option<Spanned<u64>>,
+    /// Failed attempts after which an entry is parked as dead. Default 5.
+    pub max_attempts: Option<Spanned<u32>>,
+    /// Delay after a first failure; it doubles per failure. Default 200.
+    pub backoff_base_ms: Option<u64>,
+    /// The longest delay between attempts. Default 30000.
+    pub backoff_max_ms: Option<u64>,
+    /// A stage's queue depth (this run's unrepaired entries) at which detection pauses
+    /// while its repairer drains. Default 100000.
+    pub high_watermark: Option<Spanned<u64>>,
+    /// The depth under which paused detection resumes. Default 50000.
+    pub low_watermark: Option<Spanned<u64>>,
+}
+
+/// A dataset's or a stage's `repair` table; a stage's fields override its dataset's.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairPolicyConfig {
+    /// `overwrite` (default), `compensate` or `report`.
+    pub mode: Option<Spanned<String>>,
+    /// Writes per second to the stage. Default 1000.
+    pub rate_per_sec: Option<Spanned<f64>>,
+    /// Writes allowed at once after an idle spell. Default 100.
+    pub burst: Option<Spanned<u32>>,
+    /// Above this many divergent keys, nothing is written without `--approve`.
+    pub max_repairs: Option<u64>,
+    /// Above this share of divergent keys (of the larger copy's rows), nothing is written
+    /// without `--approve`. Default 0.1.
+    pub max_divergence_ratio: Option<Spanned<f64>>,
+    /// A write slower than this counts as congestion and slows the rate (AIMD).
+    pub latency_target_ms: Option<u64>,
+    /// Compensating statements per divergence kind, for mode `compensate`.
+    pub compensate: Option<Spanned<CompensateConfig>>,
+}
+
+/// Compensating statements: SQL run in the stage, with `:repair_id`, `:kind` and column
+/// names as bound parameters.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompensateConfig {
+    /// For a key canonical has and the stage lacks.
+    pub missing: Option<String>,
+    /// For a key the stage has and canonical lacks.
+    pub extra: Option<String>,
+    /// For a key whose values differ.
+    pub changed: Option<String>,
+    /// For a row repeating a commit (or a key the stage holds twice).
+    pub duplicate: Option<String>,
+}
+
 /// One `[[datasets]]` entry.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +123,15 @@ pub struct Dataset {
     /// Compared columns; default every non-key column.
     #[serde(default)]
     pub columns: Option<Vec<String>>,
+    /// Columns holding a commit id: stage rows repeating one are `duplicate` commits.
+    #[serde(default)]
+    pub dedupe_key: Vec<String>,
+    /// The column holding each row's change time (for `repair --since`).
+    #[serde(default)]
+    pub changed_column: Option<String>,
+    /// How `repair` treats this dataset's stages.
+    #[serde(default)]
+    pub repair: Option<Spanned<RepairPolicyConfig>>,
     /// The canonical copy.
     pub canonical: CopyConfig,
     /// The stages, in channel order; each needs a `name`.
@@ -85,6 +156,9 @@ pub struct CopyConfig {
     /// The S3 endpoint, for S3-compatible servers.
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// This stage's repair settings, over its dataset's. Not allowed on canonical.
+    #[serde(default)]
+    pub repair: Option<Spanned<RepairPolicyConfig>>,
 }
 
 /// A config file read and checked, with what is needed to point errors at lines.
@@ -100,6 +174,14 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// The file, for resolving policies with line numbers.
+    pub fn source(&self) -> Source<'_> {
+        Source {
+            path: &self.path,
+            text: &self.text,
+        }
+    }
+
     /// Hex BLAKE3 of the file's bytes, recorded with every run.
     pub fn digest(&self) -> String {
         blake3::hash(self.text.as_bytes()).to_hex().to_string()
@@ -116,7 +198,7 @@ impl Loaded {
 }
 
 /// The file being loaded, for error positions.
-struct Source<'a> {
+pub struct Source<'a> {
     path: &'a Path,
     text: &'a str,
 }
@@ -214,6 +296,12 @@ fn check(config: &Config, loaded: &Source<'_>) -> Result<()> {
                 loaded.at(n.span())
             );
         }
+        if let Some(r) = &d.canonical.repair {
+            bail!(
+                "{}: dataset {name:?}: the canonical copy is never repaired; `repair` belongs to the dataset or a stage",
+                loaded.at(r.span())
+            );
+        }
         let mut stages = HashSet::new();
         for s in &d.stages {
             let Some(stage) = &s.name else {
@@ -231,7 +319,163 @@ fn check(config: &Config, loaded: &Source<'_>) -> Result<()> {
             }
         }
     }
+    check_repair(config, loaded)?;
     Ok(())
+}
+
+/// Checks every `repair` table by resolving each stage's policy once, and the `[repair]`
+/// table's watermarks.
+fn check_repair(config: &Config, loaded: &Source<'_>) -> Result<()> {
+    for d in &config.datasets {
+        for s in &d.stages {
+            d.policy(s, loaded)?;
+        }
+    }
+    let r = &config.repair;
+    let settings = config.repair_settings();
+    if settings.low_watermark >= settings.high_watermark {
+        let span = r
+            .low_watermark
+            .as_ref()
+            .or(r.high_watermark.as_ref())
+            .map(Spanned::span);
+        bail!(
+            "{}: [repair]: low_watermark ({}) must be below high_watermark ({})",
+            span.map_or_else(|| loaded.path.display().to_string(), |s| loaded.at(s)),
+            settings.low_watermark,
+            settings.high_watermark
+        );
+    }
+    for (field, value) in [
+        ("lease_secs", &r.lease_secs),
+        ("batch_keys", &r.batch_keys),
+        ("high_watermark", &r.high_watermark),
+    ] {
+        if let Some(v) = value
+            && *v.get_ref() == 0
+        {
+            bail!("{}: [repair]: {field} must be at least 1", loaded.at(v.span()));
+        }
+    }
+    if let Some(v) = &r.max_attempts
+        && *v.get_ref() == 0
+    {
+        bail!("{}: [repair]: max_attempts must be at least 1", loaded.at(v.span()));
+    }
+    Ok(())
+}
+
+impl Dataset {
+    /// The repair policy of one of this dataset's stages: the stage's `repair` fields over
+    /// the dataset's, over the defaults. Errors name the line.
+    pub fn policy(&self, stage: &CopyConfig, loaded: &Source<'_>) -> Result<StagePolicy> {
+        let (name, stage_name) = (self.name.get_ref(), stage.stage_name());
+        let what = format!("dataset {name:?}, stage {stage_name:?}: repair");
+        let none = RepairPolicyConfig::default();
+        let d = self.repair.as_ref().map_or(&none, |r| r.get_ref());
+        let s = stage.repair.as_ref().map_or(&none, |r| r.get_ref());
+        let line = |span: Option<Range<usize>>| {
+            span.or_else(|| stage.repair.as_ref().map(Spanned::span))
+                .or_else(|| self.repair.as_ref().map(Spanned::span))
+                .map_or_else(|| loaded.path.display().to_string(), |sp| loaded.at(sp))
+        };
+        let mut policy = StagePolicy::default();
+        let rate = s.rate_per_sec.as_ref().or(d.rate_per_sec.as_ref());
+        let burst = s.burst.as_ref().or(d.burst.as_ref());
+        let burst_value = burst.map_or(driftless_engine::policy::DEFAULT_BURST, |b| *b.get_ref());
+        let burst_nz = std::num::NonZeroU32::new(burst_value)
+            .ok_or_else(|| anyhow::anyhow!("{}: {what}: burst must be at least 1", line(burst.map(Spanned::span))))?;
+        policy.pace = PaceConfig::new(
+            rate.map_or(driftless_engine::policy::DEFAULT_RATE_PER_SEC, |r| *r.get_ref()),
+            burst_nz,
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {what}: {}",
+                line(rate.map(Spanned::span)),
+                e.to_string().replace("rate ", "rate_per_sec ")
+            )
+        })?;
+        if let Some(ms) = s.latency_target_ms.or(d.latency_target_ms) {
+            policy.pace.latency_target = Some(std::time::Duration::from_millis(ms));
+        }
+        policy.max_repairs = s.max_repairs.or(d.max_repairs);
+        if let Some(r) = s.max_divergence_ratio.as_ref().or(d.max_divergence_ratio.as_ref()) {
+            let v = *r.get_ref();
+            if !(v > 0.0 && v <= 1.0) {
+                bail!(
+                    "{}: {what}: max_divergence_ratio must be in (0, 1], got {v}",
+                    line(Some(r.span()))
+                );
+            }
+            policy.max_divergence_ratio = Some(v);
+        }
+        let compensate = s.compensate.as_ref().or(d.compensate.as_ref());
+        let mode = s.mode.as_ref().or(d.mode.as_ref());
+        policy.mode = match mode.map(|m| m.get_ref().as_str()) {
+            None | Some("overwrite") => RepairMode::Overwrite,
+            Some("report") => RepairMode::Report,
+            Some("compensate") => {
+                let Some(c) = compensate else {
+                    bail!(
+                        "{}: {what}: mode \"compensate\" needs a `compensate` table with a statement per kind \
+                         (missing, extra, changed, duplicate)",
+                        line(mode.map(Spanned::span))
+                    );
+                };
+                let c = c.get_ref();
+                let statements: std::collections::BTreeMap<DivergenceKind, String> = [
+                    (DivergenceKind::Missing, &c.missing),
+                    (DivergenceKind::Extra, &c.extra),
+                    (DivergenceKind::Changed, &c.changed),
+                    (DivergenceKind::Duplicate, &c.duplicate),
+                ]
+                .into_iter()
+                .filter_map(|(k, sql)| sql.clone().map(|sql| (k, sql)))
+                .collect();
+                if statements.is_empty() {
+                    bail!(
+                        "{}: {what}: `compensate` has no statement",
+                        line(compensate.map(Spanned::span))
+                    );
+                }
+                RepairMode::Compensate(statements)
+            }
+            Some(other) => bail!(
+                "{}: {what}: unknown mode {other:?} (expected overwrite, compensate or report)",
+                line(mode.map(Spanned::span))
+            ),
+        };
+        if let (Some(c), false) = (compensate, matches!(policy.mode, RepairMode::Compensate(_))) {
+            bail!(
+                "{}: {what}: `compensate` statements apply only with mode = \"compensate\"",
+                line(Some(c.span()))
+            );
+        }
+        Ok(policy)
+    }
+}
+
+impl Config {
+    /// The run-wide repair settings, defaults filled in.
+    pub fn repair_settings(&self) -> RepairSettings {
+        let r = &self.repair;
+        let d = RepairSettings::default();
+        RepairSettings {
+            lease_secs: r.lease_secs.as_ref().map_or(d.lease_secs, |v| *v.get_ref()),
+            batch_keys: r.batch_keys.as_ref().map_or(d.batch_keys, |v| *v.get_ref() as usize),
+            backoff: Backoff {
+                base_ms: r.backoff_base_ms.unwrap_or(d.backoff.base_ms),
+                max_ms: r.backoff_max_ms.unwrap_or(d.backoff.max_ms),
+                max_attempts: r.max_attempts.as_ref().map_or(d.backoff.max_attempts, |v| *v.get_ref()),
+            },
+            high_watermark: r.high_watermark.as_ref().map_or(d.high_watermark, |v| *v.get_ref()),
+            low_watermark: r.low_watermark.as_ref().map_or(
+                r.high_watermark.as_ref().map_or(d.low_watermark, |h| *h.get_ref() / 2),
+                |v| *v.get_ref(),
+            ),
+        }
+    }
 }
 
 impl CopyConfig {

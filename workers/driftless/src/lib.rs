@@ -6,12 +6,13 @@
 //! - `main.rs`: the command line, exit codes, and the edge where errors become messages.
 //! - `config`: the TOML config, `${ENV}` substitution, errors with file and line.
 //! - `open`: copy URL -> store implementation.
-//! - `run`: a scan over the selected datasets and stages, with a progress bar.
+//! - `run`: a scan or repair over the selected datasets and stages, with a progress bar;
+//!   `--approve` continuing a held run; metrics written or pushed at the end.
 //! - `render`: the report as a table or as the JSON contract.
 //! - `demo`: builds a small world with known drift and scans it.
 //!
 //! Exit status follows Terraform's `-detailed-exitcode`: 0 every stage consistent, 2 drift
-//! found, 1 error.
+//! found or left unrepaired (a held run included), 1 error.
 
 mod config;
 mod demo;
@@ -34,8 +35,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Detect drift and report it; writes nothing to any copy.
+    /// Detect drift and report it; writes nothing to any copy (divergences are queued in the
+    /// control plane).
     Scan(ScanArgs),
+    /// Detect drift, then repair it stage by stage in channel order; `--dry-run` prints the
+    /// plan only.
+    Repair(RepairArgs),
     /// Build a canonical copy and three stages with known drift under a directory, scan
     /// them, and check the report names exactly the injected drift.
     Demo(DemoArgs),
@@ -53,8 +58,44 @@ struct ScanArgs {
     /// Only this stage (repeatable; default all).
     #[arg(long = "stage", value_name = "NAME")]
     stages: Vec<String>,
+    /// Only these keys: a file with one key per line, as a JSON object like the report's
+    /// (`{"id": 5}`) or a bare value for a one-column key.
+    #[arg(long, value_name = "FILE")]
+    keys: Option<PathBuf>,
+    /// Only rows whose change-time column (the dataset's `changed_column`) is at or after
+    /// this time, in canonical or the stage (RFC 3339, e.g. 2026-12-01T10:00:00Z).
+    #[arg(long, value_name = "TIMESTAMP")]
+    since: Option<String>,
     #[command(flatten)]
     output: OutputArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+}
+
+/// Flags of `driftless repair`.
+#[derive(Debug, Args)]
+struct RepairArgs {
+    #[command(flatten)]
+    scan: ScanArgs,
+    /// Detect and print the planned writes; write nothing to any copy.
+    #[arg(long)]
+    dry_run: bool,
+    /// Continue run RUN_ID, whose writes the breaker held: repair its held stages up to the
+    /// number of divergences it found. Uses the run's own datasets, stages and keys.
+    #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["dry_run", "keys", "since", "datasets", "stages"])]
+    approve: Option<String>,
+}
+
+/// Where a one-shot run's metrics go.
+#[derive(Debug, Args)]
+struct MetricsArgs {
+    /// Write the run's metrics to FILE in Prometheus text format (for node exporter's
+    /// textfile collector; written atomically).
+    #[arg(long, value_name = "FILE")]
+    metrics_file: Option<PathBuf>,
+    /// Push the run's metrics to a Pushgateway (http://host:9091) under job `driftless`.
+    #[arg(long, value_name = "URL")]
+    pushgateway: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +147,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Scan(args) => run::scan(&args).await,
+            Command::Repair(args) => run::repair(&args).await,
             Command::Demo(args) => demo::run(&args).await,
         }
     });

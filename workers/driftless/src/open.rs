@@ -13,8 +13,9 @@ use driftless_store_sqlite::SqliteStore;
 
 use crate::config::{CopyConfig, Loaded};
 
-/// Opens one copy. `what` names it in errors (`dataset "x", stage "y"`).
-pub async fn open_copy(copy: &CopyConfig, loaded: &Loaded, what: &str) -> Result<Arc<dyn Store>> {
+/// Opens one copy, for writing when `writable` (a stage `repair` may write). `what` names it
+/// in errors (`dataset "x", stage "y"`).
+pub async fn open_copy(copy: &CopyConfig, loaded: &Loaded, what: &str, writable: bool) -> Result<Arc<dyn Store>> {
     let url = copy.url.get_ref();
     let at = loaded.at(copy.url.span());
     let Some((scheme, rest)) = url.split_once(':') else {
@@ -35,11 +36,12 @@ pub async fn open_copy(copy: &CopyConfig, loaded: &Loaded, what: &str) -> Result
         "sqlite" => {
             let table = needs_table(&copy.table)?;
             let url = resolve_sqlite(rest, &loaded.dir);
-            Arc::new(
-                SqliteStore::open(&url, &table)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{what}: {e}"))?,
-            )
+            let opened = if writable {
+                SqliteStore::open_writable(&url, &table).await
+            } else {
+                SqliteStore::open(&url, &table).await
+            };
+            Arc::new(opened.map_err(|e| anyhow::anyhow!("{what}: {e}"))?)
         }
         "file" => {
             no_table("directory")?;
@@ -48,11 +50,10 @@ pub async fn open_copy(copy: &CopyConfig, loaded: &Loaded, what: &str) -> Result
         }
         "postgres" | "postgresql" => {
             let table = needs_table(&copy.table)?;
-            Arc::new(
-                PgStore::open(url, &table)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{what}: {e}"))?,
-            )
+            let opened = PgStore::open(url, &table)
+                .await
+                .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+            Arc::new(if writable { opened.for_writing() } else { opened })
         }
         "s3" => bail!("{at}: {what}: S3 copies are not built yet (SQLite, PostgreSQL and file:// copies are)"),
         other => bail!("{at}: {what}: unsupported URL scheme {other:?} (expected sqlite, postgres or file)"),

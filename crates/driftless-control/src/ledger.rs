@@ -1,0 +1,294 @@
+//! The repair ledger, and settling leased queue entries together with it.
+//!
+//! A repair's id is unique in the ledger. The repairer writes the id as an intent
+//! (`pending`) before it writes the stage, and settles it after, in the same transaction as
+//! the queue entry. A repairer killed between the stage write and the settlement leaves the
+//! intent behind; the next attempt finds it, sees the stage already holds the target, and
+//! records the repair as applied without writing again. A repair found `applied` already is
+//! counted in `repeats`, never repeated.
+
+use std::collections::HashMap;
+
+use sqlx::Row;
+
+use crate::queue::{Backoff, Detected, Settlement, hex128, saturating};
+use crate::{ControlError, ControlPlane, Db, sqlite_sql};
+
+/// A repair about to be attempted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    /// The idempotency key.
+    pub repair_id: String,
+    /// The key it repairs.
+    pub key_bytes: Vec<u8>,
+    /// Canonical's digest it writes; `None` for a delete.
+    pub target_digest: Option<u128>,
+    /// `put`, `delete` or `compensate`.
+    pub action: String,
+    /// The queue entry's first detection, UTC microseconds.
+    pub first_seen_us: i64,
+}
+
+/// What the ledger holds for a key, as [`ControlPlane::record_intents`] returns it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyLedger {
+    /// The outcome recorded under this attempt's repair id (`pending` if just written).
+    pub outcome: String,
+    /// The id was in the ledger before this attempt: an earlier attempt got at least as far
+    /// as its intent.
+    pub existed: bool,
+    /// Other intents of the same queue entry still `pending`, with their targets: writes an
+    /// earlier attempt may have made before it was cut short.
+    pub open_intents: Vec<(String, Option<u128>)>,
+}
+
+/// A change to one ledger row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerUpdate {
+    /// Which repair.
+    pub repair_id: String,
+    /// `applied`, `resolved`, `skipped_newer` or `failed`.
+    pub outcome: &'static str,
+    /// A write was made under this id in this attempt.
+    pub applied_now: bool,
+    /// The repair was found applied already (counted, not repeated).
+    pub repeat: bool,
+}
+
+/// How one leased entry ended, with the ledger rows it settles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settle {
+    /// The entry's key.
+    pub key_bytes: Vec<u8>,
+    /// Its new state.
+    pub settlement: Settlement,
+    /// The stage state to retry against, when an earlier attempt's write is found in the
+    /// stage but canonical moved on since: the entry goes back to pending with this seen.
+    pub reseen: Option<Detected>,
+    /// Ledger rows to update.
+    pub ledger: Vec<LedgerUpdate>,
+}
+
+/// Per key, what the queue entry became.
+pub type Settled = Vec<(Vec<u8>, String)>;
+
+impl ControlPlane {
+    /// Writes the intents (an id already present is left as it is) and returns, per repair
+    /// id, what the ledger holds for it and the entry's other open intents.
+    pub async fn record_intents(
+        &self,
+        run_id: &str,
+        dataset: &str,
+        stage: &str,
+        now_us: i64,
+        intents: &[Intent],
+    ) -> Result<HashMap<String, KeyLedger>, ControlError> {
+        const INSERT: &str = "INSERT INTO repairs (repair_id, dataset, stage, key_bytes, run_id, applied_us, outcome, \
+                              target_digest, action, first_seen_us) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9) \
+                              ON CONFLICT (repair_id) DO NOTHING";
+        const SELECT: &str = "SELECT repair_id, outcome, target_digest FROM repairs \
+                              WHERE dataset = $1 AND stage = $2 AND key_bytes = $3 AND first_seen_us = $4";
+        macro_rules! record {
+            ($pool:expr, $sql:expr) => {
+                async {
+                    let mut tx = $pool.begin().await?;
+                    let mut out = HashMap::new();
+                    for i in intents {
+                        let inserted = sqlx::query(&$sql(INSERT))
+                            .bind(&i.repair_id)
+                            .bind(dataset)
+                            .bind(stage)
+                            .bind(&i.key_bytes)
+                            .bind(run_id)
+                            .bind(now_us)
+                            .bind(i.target_digest.map(hex128))
+                            .bind(&i.action)
+                            .bind(i.first_seen_us)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                        let rows = sqlx::query(&$sql(SELECT))
+                            .bind(dataset)
+                            .bind(stage)
+                            .bind(&i.key_bytes)
+                            .bind(i.first_seen_us)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                        let mut entry = KeyLedger {
+                            existed: inserted == 0,
+                            ..KeyLedger::default()
+                        };
+                        for r in rows {
+                            let (id, outcome, target): (String, String, Option<String>) =
+                                (r.get(0), r.get(1), r.get(2));
+                            if id == i.repair_id {
+                                entry.outcome = outcome;
+                            } else if outcome == "pending" {
+                                let target = target.and_then(|t| u128::from_str_radix(&t, 16).ok());
+                                entry.open_intents.push((id, target));
+                            }
+                        }
+                        out.insert(i.repair_id.clone(), entry);
+                    }
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>(out)
+                }
+                .await
+            };
+        }
+        let result = match &self.db {
+            Db::Postgres(pool) => record!(pool, str::to_owned),
+            Db::Sqlite(pool) => record!(pool, sqlite_sql),
+        };
+        result.map_err(|e| self.query_err(e))
+    }
+
+    /// Settles leased entries and their ledger rows in one transaction. Only entries still
+    /// leased by `owner` change; one whose lease was taken over after it expired is left to
+    /// its new holder. Returns each changed entry's new state.
+    pub async fn settle(
+        &self,
+        dataset: &str,
+        stage: &str,
+        owner: &str,
+        now_us: i64,
+        backoff: &Backoff,
+        settles: &[Settle],
+    ) -> Result<Settled, ControlError> {
+        const QUEUE: &str = "UPDATE divergences SET state = $1, attempts = $2, next_attempt_us = $3, \
+                             last_error = $4, owner = NULL, lease_until_us = NULL \
+                             WHERE dataset = $5 AND stage = $6 AND key_bytes = $7 AND owner = $8 AND state = 'leased' \
+                             RETURNING attempts";
+        const RESEEN: &str = "UPDATE divergences SET state = 'pending', next_attempt_us = 0, owner = NULL, \
+                              lease_until_us = NULL, stage_digest = $1, stage_count = $2, kind = $3 \
+                              WHERE dataset = $4 AND stage = $5 AND key_bytes = $6 AND owner = $7 AND state = 'leased' \
+                              RETURNING attempts";
+        const ATTEMPTS: &str = "SELECT attempts FROM divergences WHERE dataset = $1 AND stage = $2 AND key_bytes = $3";
+        const LEDGER: &str = "UPDATE repairs SET outcome = CASE WHEN outcome = 'applied' THEN outcome ELSE $1 END, \
+                              applied_us = $2, applications = applications + $3, repeats = repeats + $4 \
+                              WHERE repair_id = $5";
+        macro_rules! settle {
+            ($pool:expr, $sql:expr) => {
+                async {
+                    let mut tx = $pool.begin().await?;
+                    let mut out = Vec::new();
+                    for s in settles {
+                        for l in &s.ledger {
+                            sqlx::query(&$sql(LEDGER))
+                                .bind(l.outcome)
+                                .bind(now_us)
+                                .bind(i64::from(l.applied_now))
+                                .bind(i64::from(l.repeat))
+                                .bind(&l.repair_id)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        if let Some(d) = &s.reseen {
+                            let changed = sqlx::query(&$sql(RESEEN))
+                                .bind((d.stage_count > 0).then(|| hex128(d.stage_sum)))
+                                .bind(saturating(d.stage_count))
+                                .bind(&d.kind)
+                                .bind(dataset)
+                                .bind(stage)
+                                .bind(&s.key_bytes)
+                                .bind(owner)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                            if changed.is_some() {
+                                out.push((s.key_bytes.clone(), "pending".to_owned()));
+                            }
+                            continue;
+                        }
+                        let attempts: i64 = sqlx::query_scalar(&$sql(ATTEMPTS))
+                            .bind(dataset)
+                            .bind(stage)
+                            .bind(&s.key_bytes)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                            .unwrap_or(0);
+                        let (state, attempts, next, error) = match &s.settlement {
+                            Settlement::Repaired => ("repaired", attempts, 0, None),
+                            Settlement::Resolved => ("resolved", attempts, 0, None),
+                            Settlement::Stale => ("stale", attempts, 0, None),
+                            Settlement::Failed { error } => {
+                                let attempts = attempts + 1;
+                                if attempts >= i64::from(backoff.max_attempts) {
+                                    ("dead", attempts, 0, Some(error.as_str()))
+                                } else {
+                                    (
+                                        "pending",
+                                        attempts,
+                                        now_us.saturating_add(backoff.delay_us(attempts)),
+                                        Some(error.as_str()),
+                                    )
+                                }
+                            }
+                        };
+                        let changed = sqlx::query(&$sql(QUEUE))
+                            .bind(state)
+                            .bind(attempts)
+                            .bind(next)
+                            .bind(error)
+                            .bind(dataset)
+                            .bind(stage)
+                            .bind(&s.key_bytes)
+                            .bind(owner)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        if changed.is_some() {
+                            out.push((s.key_bytes.clone(), state.to_owned()));
+                        }
+                    }
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>(out)
+                }
+                .await
+            };
+        }
+        let result = match &self.db {
+            Db::Postgres(pool) => settle!(pool, str::to_owned),
+            Db::Sqlite(pool) => settle!(pool, sqlite_sql),
+        };
+        result.map_err(|e| self.query_err(e))
+    }
+
+    /// The ledger rows of one stage: `(repair_id, key_bytes, outcome, applications, repeats)`,
+    /// for tests and audits.
+    pub async fn ledger(&self, dataset: &str, stage: &str) -> Result<Vec<LedgerRow>, ControlError> {
+        const SQL: &str = "SELECT repair_id, key_bytes, outcome, applications, repeats FROM repairs \
+                           WHERE dataset = $1 AND stage = $2 ORDER BY key_bytes, applied_us";
+        let record = |r: (String, Vec<u8>, String, i64, i64)| LedgerRow {
+            repair_id: r.0,
+            key_bytes: r.1,
+            outcome: r.2,
+            applications: r.3,
+            repeats: r.4,
+        };
+        let result = match &self.db {
+            Db::Postgres(pool) => sqlx::query_as(SQL).bind(dataset).bind(stage).fetch_all(pool).await,
+            Db::Sqlite(pool) => {
+                sqlx::query_as(&sqlite_sql(SQL))
+                    .bind(dataset)
+                    .bind(stage)
+                    .fetch_all(pool)
+                    .await
+            }
+        };
+        Ok(result.map_err(|e| self.query_err(e))?.into_iter().map(record).collect())
+    }
+}
+
+/// One row of the repair ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerRow {
+    /// The idempotency key.
+    pub repair_id: String,
+    /// The key repaired.
+    pub key_bytes: Vec<u8>,
+    /// `pending`, `applied`, `resolved`, `skipped_newer` or `failed`.
+    pub outcome: String,
+    /// Writes made under this id.
+    pub applications: i64,
+    /// Times it was found applied already.
+    pub repeats: i64,
+}

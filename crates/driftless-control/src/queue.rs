@@ -1,0 +1,494 @@
+//! The divergence queue: one live entry per (dataset, stage, key).
+//!
+//! - [`ControlPlane::enqueue`] upserts what a scan found. A later run updates an entry and
+//!   keeps its first detection time; an entry that was repaired or resolved and diverges
+//!   again starts a new life (new first detection, attempts back to zero).
+//! - [`ControlPlane::resolve_unseen`] closes the entries a complete scan of a stage no longer
+//!   found: the stage became consistent without us.
+//! - [`ControlPlane::lease`] claims due entries for one repairer: `FOR UPDATE SKIP LOCKED` on
+//!   PostgreSQL; on SQLite one `UPDATE ... RETURNING` statement, which holds the database's
+//!   single write lock, so two repairers never claim the same entry either. A lease that is
+//!   not settled before it expires is free again.
+//! - [`ControlPlane::settle`] records how each leased entry ended, together with its ledger
+//!   row, in one transaction. A failed attempt goes back to `pending` with exponential
+//!   backoff; after `max_attempts` failures the entry is parked as `dead`, kept and reported,
+//!   never dropped.
+
+use sqlx::Row;
+
+use crate::{ControlError, ControlPlane, Db, sqlite_sql};
+
+/// One divergent key as a scan found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detected {
+    /// The order-preserving key encoding.
+    pub key_bytes: Vec<u8>,
+    /// The key as reports print it (a JSON object).
+    pub key_json: String,
+    /// `missing`, `extra`, `changed` or `duplicate`.
+    pub kind: String,
+    /// Canonical's row digest, if it has the key.
+    pub canonical_digest: Option<u128>,
+    /// How many stage rows have the key.
+    pub stage_count: u64,
+    /// The sum of their digests, mod 2^128 (0 when none).
+    pub stage_sum: u128,
+}
+
+/// An entry claimed by a repairer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leased {
+    /// What was detected, as last updated.
+    pub detected: Detected,
+    /// When the entry was first detected, UTC microseconds.
+    pub first_seen_us: i64,
+    /// Failed attempts so far.
+    pub attempts: i64,
+}
+
+/// A queue entry as reports list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRecord {
+    /// The key as reports print it.
+    pub key_json: String,
+    /// The kind.
+    pub kind: String,
+    /// The state.
+    pub state: String,
+    /// Failed attempts.
+    pub attempts: i64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// How a leased entry ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// Our write made the stage consistent (now or in an attempt that was cut short).
+    Repaired,
+    /// The stage was consistent without our write.
+    Resolved,
+    /// The stage changed after detection and was not overwritten; the next scan looks again.
+    Stale,
+    /// The attempt failed: retried after a backoff, or parked as dead after too many.
+    Failed {
+        /// Why, for the report and `last_error`.
+        error: String,
+    },
+}
+
+/// Backoff of failed attempts: `base_ms * 2^(attempts - 1)`, at most `max_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Delay after the first failure, milliseconds.
+    pub base_ms: u64,
+    /// The longest delay, milliseconds.
+    pub max_ms: u64,
+    /// Failures after which an entry is dead.
+    pub max_attempts: u32,
+}
+
+impl Backoff {
+    /// The delay before the attempt after `attempts` failures, microseconds.
+    pub fn delay_us(&self, attempts: i64) -> i64 {
+        let shift = attempts.saturating_sub(1).clamp(0, 30) as u32;
+        let ms = self.base_ms.saturating_mul(1u64 << shift).min(self.max_ms);
+        i64::try_from(ms.saturating_mul(1000)).unwrap_or(i64::MAX)
+    }
+}
+
+/// Counts of one stage's entries by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Depth {
+    /// Waiting for a repairer, or claimed by one: what backpressure watches.
+    pub live: u64,
+    /// Waiting for the next scan after the stage changed under a repair.
+    pub stale: u64,
+    /// Parked after too many failures.
+    pub dead: u64,
+    /// First detection of the oldest live, stale or dead entry, UTC microseconds.
+    pub oldest_first_seen_us: Option<i64>,
+}
+
+/// A 128-bit digest as 32 hex digits, as the queue and ledger store it.
+pub fn hex128(v: u128) -> String {
+    format!("{v:032x}")
+}
+
+fn parse_hex128(s: Option<String>) -> Option<u128> {
+    s.and_then(|s| u128::from_str_radix(&s, 16).ok())
+}
+
+/// The upsert's conflict clause, shared by both databases. `$now` is the caller's clock.
+const UPSERT_SET: &str = "ON CONFLICT (dataset, stage, key_bytes) DO UPDATE SET \
+    kind = excluded.kind, \
+    key_json = excluded.key_json, \
+    canonical_digest = excluded.canonical_digest, \
+    stage_digest = excluded.stage_digest, \
+    stage_count = excluded.stage_count, \
+    last_seen_us = excluded.last_seen_us, \
+    last_run_id = excluded.last_run_id, \
+    first_seen_us = CASE WHEN divergences.state IN ('repaired', 'resolved') \
+        THEN excluded.first_seen_us ELSE divergences.first_seen_us END, \
+    attempts = CASE WHEN divergences.state IN ('pending', 'leased', 'stale') OR (divergences.state = 'dead' \
+        AND coalesce(divergences.stage_digest, '') = coalesce(excluded.stage_digest, '') \
+        AND divergences.stage_count = excluded.stage_count) THEN divergences.attempts ELSE 0 END, \
+    next_attempt_us = CASE WHEN divergences.state IN ('pending', 'leased') \
+        THEN divergences.next_attempt_us ELSE 0 END, \
+    state = CASE \
+        WHEN divergences.state = 'leased' AND divergences.lease_until_us > excluded.last_seen_us THEN 'leased' \
+        WHEN divergences.state = 'dead' \
+            AND coalesce(divergences.stage_digest, '') = coalesce(excluded.stage_digest, '') \
+            AND divergences.stage_count = excluded.stage_count THEN 'dead' \
+        ELSE 'pending' END";
+
+/// Columns returned by a lease, in [`leased_from_row`]'s order.
+const LEASED_COLUMNS: &str =
+    "key_bytes, key_json, kind, canonical_digest, stage_count, stage_digest, first_seen_us, attempts";
+
+fn leased_from_row<R: Row>(row: &R) -> Leased
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Leased {
+        detected: Detected {
+            key_bytes: row.get(0),
+            key_json: row.get(1),
+            kind: row.get(2),
+            canonical_digest: parse_hex128(row.get(3)),
+            stage_count: row.get::<i64, _>(4).max(0) as u64,
+            stage_sum: parse_hex128(row.get(5)).unwrap_or(0),
+        },
+        first_seen_us: row.get(6),
+        attempts: row.get(7),
+    }
+}
+
+/// Rows per bulk statement on PostgreSQL (arrays bound once per chunk).
+const PG_CHUNK_ROWS: usize = 2000;
+
+impl ControlPlane {
+    /// Upserts the divergences a run found in one stage, in one transaction.
+    pub async fn enqueue(
+        &self,
+        run_id: &str,
+        dataset: &str,
+        stage: &str,
+        now_us: i64,
+        found: &[Detected],
+    ) -> Result<(), ControlError> {
+        let result: Result<(), sqlx::Error> = async {
+            match &self.db {
+                Db::Postgres(pool) => {
+                    let sql = format!(
+                        "INSERT INTO divergences (dataset, stage, key_bytes, key_json, kind, canonical_digest, \
+                         stage_digest, stage_count, first_seen_us, last_seen_us, last_run_id, next_attempt_us) \
+                         SELECT $1, $2, k, j, kd, cd, sd, sc, $3, $3, $4, 0 \
+                         FROM UNNEST($5::bytea[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[]) \
+                         AS u(k, j, kd, cd, sd, sc) {UPSERT_SET}"
+                    );
+                    let mut tx = pool.begin().await?;
+                    for chunk in found.chunks(PG_CHUNK_ROWS) {
+                        let (k, j, kd, cd, sd, sc) = columns(chunk);
+                        sqlx::query(&sql)
+                            .bind(dataset)
+                            .bind(stage)
+                            .bind(now_us)
+                            .bind(run_id)
+                            .bind(k)
+                            .bind(j)
+                            .bind(kd)
+                            .bind(cd)
+                            .bind(sd)
+                            .bind(sc)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await
+                }
+                Db::Sqlite(pool) => {
+                    let sql = format!(
+                        "INSERT INTO divergences (dataset, stage, key_bytes, key_json, kind, canonical_digest, \
+                         stage_digest, stage_count, first_seen_us, last_seen_us, last_run_id, next_attempt_us) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, 0) {UPSERT_SET}"
+                    );
+                    let mut tx = pool.begin().await?;
+                    for d in found {
+                        sqlx::query(&sql)
+                            .bind(dataset)
+                            .bind(stage)
+                            .bind(&d.key_bytes)
+                            .bind(&d.key_json)
+                            .bind(&d.kind)
+                            .bind(d.canonical_digest.map(hex128))
+                            .bind(stage_digest(d))
+                            .bind(saturating(d.stage_count))
+                            .bind(now_us)
+                            .bind(run_id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await
+                }
+            }
+        }
+        .await;
+        result.map_err(|e| self.query_err(e))
+    }
+
+    /// Marks resolved every entry of a stage that run `run_id` did not find again. Call it
+    /// only after a scan that covered the stage's whole key space and completed. Entries
+    /// under a live lease are left to their holder.
+    pub async fn resolve_unseen(
+        &self,
+        run_id: &str,
+        dataset: &str,
+        stage: &str,
+        now_us: i64,
+    ) -> Result<u64, ControlError> {
+        const SQL: &str = "UPDATE divergences SET state = 'resolved', owner = NULL, lease_until_us = NULL \
+                           WHERE dataset = $1 AND stage = $2 AND last_run_id <> $3 \
+                           AND (state IN ('pending', 'stale', 'dead') OR (state = 'leased' AND lease_until_us <= $4))";
+        let result = match &self.db {
+            Db::Postgres(pool) => sqlx::query(SQL)
+                .bind(dataset)
+                .bind(stage)
+                .bind(run_id)
+                .bind(now_us)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+            Db::Sqlite(pool) => sqlx::query(&sqlite_sql(SQL))
+                .bind(dataset)
+                .bind(stage)
+                .bind(run_id)
+                .bind(now_us)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+        };
+        result.map_err(|e| self.query_err(e))
+    }
+
+    /// Claims up to `limit` due entries that run `run_id` detected in one stage, for `owner`
+    /// until `lease_until_us`: pending entries whose backoff has passed, and leased entries
+    /// whose lease expired. Entries come in key order.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn lease(
+        &self,
+        run_id: &str,
+        dataset: &str,
+        stage: &str,
+        owner: &str,
+        now_us: i64,
+        lease_until_us: i64,
+        limit: usize,
+    ) -> Result<Vec<Leased>, ControlError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let result = match &self.db {
+            Db::Postgres(pool) => {
+                let sql = format!(
+                    "UPDATE divergences d SET state = 'leased', owner = $1, lease_until_us = $2 \
+                     FROM (SELECT key_bytes FROM divergences \
+                           WHERE dataset = $3 AND stage = $4 AND last_run_id = $7 \
+                           AND ((state = 'pending' AND next_attempt_us <= $5) OR (state = 'leased' AND lease_until_us <= $5)) \
+                           ORDER BY key_bytes LIMIT $6 FOR UPDATE SKIP LOCKED) c \
+                     WHERE d.dataset = $3 AND d.stage = $4 AND d.key_bytes = c.key_bytes \
+                     RETURNING {}",
+                    LEASED_COLUMNS
+                        .split(", ")
+                        .map(|c| format!("d.{c}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                sqlx::query(&sql)
+                    .bind(owner)
+                    .bind(lease_until_us)
+                    .bind(dataset)
+                    .bind(stage)
+                    .bind(now_us)
+                    .bind(limit)
+                    .bind(run_id)
+                    .fetch_all(pool)
+                    .await
+                    .map(|rows| rows.iter().map(leased_from_row).collect::<Vec<_>>())
+            }
+            Db::Sqlite(pool) => {
+                let sql = format!(
+                    "UPDATE divergences SET state = 'leased', owner = ?1, lease_until_us = ?2 \
+                     WHERE rowid IN (SELECT rowid FROM divergences WHERE dataset = ?3 AND stage = ?4 AND last_run_id = ?7 \
+                           AND ((state = 'pending' AND next_attempt_us <= ?5) OR (state = 'leased' AND lease_until_us <= ?5)) \
+                           ORDER BY key_bytes LIMIT ?6) \
+                     RETURNING {LEASED_COLUMNS}"
+                );
+                sqlx::query(&sql)
+                    .bind(owner)
+                    .bind(lease_until_us)
+                    .bind(dataset)
+                    .bind(stage)
+                    .bind(now_us)
+                    .bind(limit)
+                    .bind(run_id)
+                    .fetch_all(pool)
+                    .await
+                    .map(|rows| rows.iter().map(leased_from_row).collect::<Vec<_>>())
+            }
+        };
+        let mut leased = result.map_err(|e| self.query_err(e))?;
+        // RETURNING gives no order; repairs go in key order.
+        leased.sort_by(|a, b| a.detected.key_bytes.cmp(&b.detected.key_bytes));
+        Ok(leased)
+    }
+
+    /// Of the entries run `run_id` detected in a stage and has not settled: how many there
+    /// are, and when the next becomes due (a pending entry's backoff or a lease's expiry).
+    pub async fn run_backlog(
+        &self,
+        run_id: &str,
+        dataset: &str,
+        stage: &str,
+    ) -> Result<(u64, Option<i64>), ControlError> {
+        const SQL: &str = "SELECT count(*), min(CASE WHEN state = 'pending' THEN next_attempt_us ELSE lease_until_us END) \
+                           FROM divergences WHERE dataset = $1 AND stage = $2 AND last_run_id = $3 \
+                           AND state IN ('pending', 'leased')";
+        let result = match &self.db {
+            Db::Postgres(pool) => {
+                sqlx::query_as::<_, (i64, Option<i64>)>(SQL)
+                    .bind(dataset)
+                    .bind(stage)
+                    .bind(run_id)
+                    .fetch_one(pool)
+                    .await
+            }
+            Db::Sqlite(pool) => {
+                sqlx::query_as::<_, (i64, Option<i64>)>(&sqlite_sql(SQL))
+                    .bind(dataset)
+                    .bind(stage)
+                    .bind(run_id)
+                    .fetch_one(pool)
+                    .await
+            }
+        };
+        let (count, due) = result.map_err(|e| self.query_err(e))?;
+        Ok((count.max(0) as u64, due))
+    }
+
+    /// Entries of a stage by state, and the oldest first detection among the unrepaired.
+    pub async fn depth(&self, dataset: &str, stage: &str) -> Result<Depth, ControlError> {
+        const SQL: &str = "SELECT \
+              coalesce(sum(CASE WHEN state IN ('pending', 'leased') THEN 1 ELSE 0 END), 0), \
+              coalesce(sum(CASE WHEN state = 'stale' THEN 1 ELSE 0 END), 0), \
+              coalesce(sum(CASE WHEN state = 'dead' THEN 1 ELSE 0 END), 0), \
+              min(first_seen_us) \
+            FROM divergences WHERE dataset = $1 AND stage = $2 AND state IN ('pending', 'leased', 'stale', 'dead')";
+        let result = match &self.db {
+            Db::Postgres(pool) => sqlx::query(SQL)
+                .bind(dataset)
+                .bind(stage)
+                .fetch_one(pool)
+                .await
+                .map(|r| {
+                    (
+                        r.get::<i64, _>(0),
+                        r.get::<i64, _>(1),
+                        r.get::<i64, _>(2),
+                        r.get::<Option<i64>, _>(3),
+                    )
+                }),
+            Db::Sqlite(pool) => sqlx::query(&sqlite_sql(SQL))
+                .bind(dataset)
+                .bind(stage)
+                .fetch_one(pool)
+                .await
+                .map(|r| {
+                    (
+                        r.get::<i64, _>(0),
+                        r.get::<i64, _>(1),
+                        r.get::<i64, _>(2),
+                        r.get::<Option<i64>, _>(3),
+                    )
+                }),
+        };
+        let (live, stale, dead, oldest) = result.map_err(|e| self.query_err(e))?;
+        Ok(Depth {
+            live: live.max(0) as u64,
+            stale: stale.max(0) as u64,
+            dead: dead.max(0) as u64,
+            oldest_first_seen_us: oldest,
+        })
+    }
+
+    /// Every entry of a stage in `state`, in key order, for reports.
+    pub async fn entries(&self, dataset: &str, stage: &str, state: &str) -> Result<Vec<EntryRecord>, ControlError> {
+        const SQL: &str = "SELECT key_json, kind, state, attempts, last_error FROM divergences \
+                           WHERE dataset = $1 AND stage = $2 AND state = $3 ORDER BY key_bytes";
+        let record = |key_json, kind, state, attempts, last_error| EntryRecord {
+            key_json,
+            kind,
+            state,
+            attempts,
+            last_error,
+        };
+        let result = match &self.db {
+            Db::Postgres(pool) => sqlx::query(SQL)
+                .bind(dataset)
+                .bind(stage)
+                .bind(state)
+                .fetch_all(pool)
+                .await
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| record(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                        .collect()
+                }),
+            Db::Sqlite(pool) => sqlx::query(&sqlite_sql(SQL))
+                .bind(dataset)
+                .bind(stage)
+                .bind(state)
+                .fetch_all(pool)
+                .await
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| record(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                        .collect()
+                }),
+        };
+        result.map_err(|e| self.query_err(e))
+    }
+}
+
+type Columns = (
+    Vec<Vec<u8>>,
+    Vec<String>,
+    Vec<String>,
+    Vec<Option<String>>,
+    Vec<Option<String>>,
+    Vec<i64>,
+);
+
+/// The bulk upsert's parallel arrays.
+fn columns(found: &[Detected]) -> Columns {
+    let mut out: Columns = Default::default();
+    for d in found {
+        out.0.push(d.key_bytes.clone());
+        out.1.push(d.key_json.clone());
+        out.2.push(d.kind.clone());
+        out.3.push(d.canonical_digest.map(hex128));
+        out.4.push(stage_digest(d));
+        out.5.push(saturating(d.stage_count));
+    }
+    out
+}
+
+/// The stage side as stored: NULL when the stage had no row with the key.
+fn stage_digest(d: &Detected) -> Option<String> {
+    (d.stage_count > 0).then(|| hex128(d.stage_sum))
+}
+
+pub(crate) fn saturating(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,691 @@
+//! A run of one dataset against the control plane: detect, queue, and (for `repair`) repair
+//! stage by stage in channel order.
+//!
+//! Per stage, in config order:
+//! 1. **Detect.** The tree walk names the ranges to re-read (or, for a scoped run, the
+//!    chosen keys are compared point by point); each range's divergences are queued as they
+//!    are found. Duplicate commits are reclassified first.
+//! 2. **Breaker.** A stage's writes are held when its divergent keys exceed its
+//!    `max_repairs` or `max_divergence_ratio`, until `driftless repair --approve RUN_ID`.
+//!    When the trees already bound the divergent keys under the limit (the rows of both
+//!    copies in divergent leaves), repair starts while detection goes on; otherwise after
+//!    detection has counted the keys.
+//! 3. **Repair** ([`crate::repair`]) while detection streams: detection pauses when the
+//!    stage's live queue depth in this run reaches the high watermark and resumes under the
+//!    low one (backpressure), and writes keep to the stage's pacer.
+//! 4. **Verify.** The ranges (or keys) are read again from both copies; every key still
+//!    divergent must be one the repair knowingly left (a newer write, a dead entry). A failed
+//!    check, or a held stage, halts the later stages: they are detected and queued, not
+//!    written.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use driftless_control::{ControlPlane, Detected};
+use driftless_core::{Divergence, DivergenceKind, Key, KeyDivergence, KeyRange, LogicalType, by_key};
+use driftless_store::{Column, Schema};
+use tokio::sync::Notify;
+use tracing::info;
+
+use crate::compensate::{Compiled, compile};
+use crate::detect::{Scope, diff_keys, duplicate_commits, mark_duplicates, scoped_keys};
+use crate::metrics::{Metrics, RepairOutcome};
+use crate::pace::Pacer;
+use crate::policy::{RepairMode, RepairSettings};
+use crate::repair::{RepairStats, Repairer};
+use crate::report::{DatasetReport, DeadReport, Mode, PlannedReport, StageRepairReport, StageReport};
+use crate::scan::{
+    CopyRef, DatasetPlan, EngineError, Prepared, ScanOptions, canonical_label, diff_range, prepare, resolve_schema,
+    stage_label, stage_plan, stage_report,
+};
+
+/// Keys a scoped run compares per point-read batch.
+const KEY_BATCH: usize = 1000;
+/// How often paused detection looks at the queue depth again.
+const BACKPRESSURE_POLL: Duration = Duration::from_millis(50);
+
+/// Everything a run shares across its datasets.
+#[derive(Debug)]
+pub struct RunContext {
+    /// The run's id.
+    pub run_id: String,
+    /// `scan` or `repair`.
+    pub mode: Mode,
+    /// `repair --dry-run`: plan only, write no copy.
+    pub dry_run: bool,
+    /// The control plane.
+    pub control: ControlPlane,
+    /// Where the run's metrics go.
+    pub metrics: Metrics,
+    /// Lease, batch, backoff and watermark settings.
+    pub settings: RepairSettings,
+    /// Keys the run is limited to, if any.
+    pub scope: Scope,
+    /// Approved stages of a held run being continued: `(dataset, stage)` -> the divergent
+    /// keys approved (the breaker lets up to that many through).
+    pub approved: HashMap<(String, String), u64>,
+    /// Who holds leases: `user@host/pid`.
+    pub owner: String,
+    /// Tree-building knobs and progress counters.
+    pub options: ScanOptions,
+}
+
+/// UTC microseconds since the epoch.
+pub fn now_us() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Where a stage's divergences are looked for.
+#[derive(Debug, Clone)]
+enum Source {
+    /// Divergent leaves of the trees, coalesced.
+    Ranges(Vec<KeyRange>),
+    /// Chosen keys, compared point by point.
+    Keys(Vec<Key>),
+}
+
+/// What detection of one stage found.
+#[derive(Debug, Default)]
+struct Found {
+    divergences: Vec<Divergence>,
+    keys: Vec<KeyDivergence>,
+    /// Row-level divergences per key, so repaired keys count as the rows they were.
+    rows_of: HashMap<Vec<u8>, u64>,
+    /// Time detection was paused by backpressure.
+    paused: Duration,
+}
+
+/// Runs one dataset: detection for `scan`, detection and repair for `repair`.
+pub async fn run_dataset(plan: &DatasetPlan, ctx: &RunContext) -> Result<DatasetReport, EngineError> {
+    let started = Instant::now();
+    let schema = Arc::new(resolve_schema(plan).await?);
+    let prepared = if ctx.scope.is_scoped() {
+        None
+    } else {
+        Some(prepare(plan, (*schema).clone(), &ctx.options).await?)
+    };
+    if let Some(p) = &prepared {
+        let canonical_rows = p.trees.first().map_or(0, |(c, _)| c.root().count);
+        ctx.metrics.add_rows_digested(&plan.name, "canonical", canonical_rows);
+    }
+    let mut halted: Option<String> = None;
+    let mut stages = Vec::new();
+    for (i, stage) in plan.stages.iter().enumerate() {
+        let report = run_stage(plan, ctx, &schema, prepared.as_ref(), i, halted.as_deref()).await?;
+        if halted.is_none()
+            && let Some(r) = &report.repair
+            && matches!(r.status, "held" | "verify_failed")
+        {
+            halted = Some(format!("stage {:?} is {}", stage.name, r.status.replace('_', " ")));
+        }
+        stages.push(report);
+    }
+    ctx.metrics.observe_run_duration(&plan.name, started.elapsed());
+    Ok(DatasetReport {
+        dataset: plan.name.clone(),
+        stages,
+    })
+}
+
+async fn run_stage(
+    plan: &DatasetPlan,
+    ctx: &RunContext,
+    schema: &Arc<Schema>,
+    prepared: Option<&Prepared>,
+    index: usize,
+    halted: Option<&str>,
+) -> Result<StageReport, EngineError> {
+    let stage = &plan.stages[index];
+    let policy = &stage.policy;
+    let control_err = |error| EngineError::Control {
+        dataset: plan.name.clone(),
+        error,
+    };
+    let (source, canonical_rows, stage_rows, bound) = match prepared {
+        Some(p) => {
+            let sp = stage_plan(p, index);
+            ctx.metrics.add_rows_digested(&plan.name, &stage.name, sp.stage_rows);
+            (Source::Ranges(sp.ranges), sp.canonical_rows, sp.stage_rows, sp.bound)
+        }
+        None => {
+            let keys = scoped_keys(plan, schema, stage, &ctx.scope).await?;
+            let (c, s) = row_counts(plan, schema, stage).await?;
+            let bound = keys.len() as u64;
+            (Source::Keys(keys), c, s, bound)
+        }
+    };
+    let duplicates = duplicate_commits(plan, schema, stage).await?;
+
+    let repairing = ctx.mode == Mode::Repair;
+    let writes = repairing && !ctx.dry_run && policy.mode != RepairMode::Report && halted.is_none();
+    let approved = ctx
+        .approved
+        .get(&(plan.name.clone(), stage.name.clone()))
+        .copied()
+        .unwrap_or(0);
+    let limit = policy.limit(canonical_rows, stage_rows).max(approved);
+    let early = writes && bound <= limit;
+    info!(dataset = %plan.name, stage = %stage.name, bound, limit, early, "detecting");
+
+    let setup = if writes {
+        Some(RepairSetup::new(plan, schema, stage).await?)
+    } else {
+        None
+    };
+    let pacer = if writes {
+        Some(Pacer::new(policy.pace.clone()).map_err(|e| EngineError::Input {
+            dataset: plan.name.clone(),
+            reason: format!("stage {:?}: {e}", stage.name),
+        })?)
+    } else {
+        None
+    };
+    let repairer = match (&setup, &pacer) {
+        (Some(s), Some(pacer)) => Some(s.repairer(plan, stage, schema, ctx, pacer)),
+        _ => None,
+    };
+
+    let done = AtomicBool::new(false);
+    let detected = Notify::new();
+    let drained = Notify::new();
+    let detection = async {
+        let found = detect(
+            plan,
+            ctx,
+            schema,
+            stage,
+            &source,
+            &duplicates,
+            early,
+            &drained,
+            &detected,
+        )
+        .await;
+        done.store(true, Ordering::SeqCst);
+        detected.notify_waiters();
+        found
+    };
+    let (found, mut stats) = match (&repairer, early) {
+        (Some(r), true) => {
+            let (found, stats) = tokio::join!(detection, r.run(|| done.load(Ordering::SeqCst), &detected, &drained));
+            (found?, Some(stats?))
+        }
+        _ => (detection.await?, None),
+    };
+    if !ctx.scope.is_scoped() {
+        ctx.control
+            .resolve_unseen(&ctx.run_id, &plan.name, &stage.name, now_us())
+            .await
+            .map_err(control_err)?;
+    }
+
+    let key_count = found.keys.len() as u64;
+    let mut held = None;
+    if let (Some(r), None) = (&repairer, &stats) {
+        if key_count > limit {
+            held = Some(format!(
+                "{key_count} divergent keys exceed the breaker's limit of {limit} ({}); nothing was written. \
+                 Approve with `driftless repair --approve {}`",
+                limit_reason(policy, canonical_rows, stage_rows),
+                ctx.run_id
+            ));
+        } else {
+            stats = Some(r.run(|| true, &detected, &drained).await?);
+        }
+    }
+
+    let mut status = if let Some(h) = halted.filter(|_| repairing) {
+        held = Some(format!("halted: {h}; detected and queued, not written"));
+        "halted"
+    } else if held.is_some() {
+        "held"
+    } else if !repairing {
+        ""
+    } else if ctx.dry_run {
+        "dry_run"
+    } else if policy.mode == RepairMode::Report {
+        "report"
+    } else {
+        "repaired"
+    };
+
+    let stats = stats.unwrap_or_default();
+    if status == "repaired" {
+        match verify(plan, schema, stage, &source, &stats).await? {
+            Some(reason) => {
+                status = "verify_failed";
+                held = Some(reason);
+            }
+            None if !stats.left.is_empty() => status = "incomplete",
+            None => {}
+        }
+    }
+
+    let repaired_rows: u64 = stats
+        .repaired
+        .iter()
+        .map(|k| found.rows_of.get(k).copied().unwrap_or(1))
+        .sum();
+    let mut report = stage_report(&stage.name, schema, canonical_rows, stage_rows, &found.divergences);
+    report.repaired = repaired_rows.min(report.divergent);
+    let held_back = found.paused + pacer.as_ref().map_or(Duration::ZERO, Pacer::held_back);
+    if repairing {
+        report.repair = Some(
+            repair_report(
+                plan,
+                ctx,
+                schema,
+                stage,
+                &found,
+                &stats,
+                status,
+                held.clone(),
+                held_back,
+            )
+            .await?,
+        );
+        if held.is_some() && status == "held" {
+            report.repair.as_mut().expect("just set").reason = held.clone();
+        }
+    }
+    record_metrics(plan, ctx, stage, &report, &found, &stats, held_back).await?;
+    Ok(report)
+}
+
+/// Canonical's and the stage's row counts, for a scoped run that builds no trees.
+async fn row_counts(plan: &DatasetPlan, schema: &Schema, stage: &CopyRef) -> Result<(u64, u64), EngineError> {
+    let c = plan
+        .canonical
+        .sample_keys(schema, 0)
+        .await
+        .map_err(|error| EngineError::Store {
+            dataset: plan.name.clone(),
+            copy: canonical_label(),
+            error,
+        })?
+        .rows;
+    let s = stage
+        .store
+        .sample_keys(schema, 0)
+        .await
+        .map_err(|error| EngineError::Store {
+            dataset: plan.name.clone(),
+            copy: stage_label(&stage.name),
+            error,
+        })?
+        .rows;
+    Ok((c, s))
+}
+
+fn limit_reason(policy: &crate::policy::StagePolicy, canonical_rows: u64, stage_rows: u64) -> String {
+    let mut parts = Vec::new();
+    if let Some(r) = policy.max_divergence_ratio {
+        parts.push(format!(
+            "max_divergence_ratio {r} of {} rows",
+            canonical_rows.max(stage_rows)
+        ));
+    }
+    if let Some(m) = policy.max_repairs {
+        parts.push(format!("max_repairs {m}"));
+    }
+    parts.join(", ")
+}
+
+/// Detection of one stage: divergences named range by range (or key batch by key batch),
+/// queued as found. With `pausable`, a repairer drains the queue meanwhile, and detection
+/// waits whenever this run's live depth for the stage reaches the high watermark.
+#[allow(clippy::too_many_arguments)]
+async fn detect(
+    plan: &DatasetPlan,
+    ctx: &RunContext,
+    schema: &Schema,
+    stage: &CopyRef,
+    source: &Source,
+    duplicates: &HashSet<Key>,
+    pausable: bool,
+    drained: &Notify,
+    detected: &Notify,
+) -> Result<Found, EngineError> {
+    let mut found = Found::default();
+    let chunks: Vec<Source> = match source {
+        Source::Ranges(ranges) => ranges.iter().map(|r| Source::Ranges(vec![r.clone()])).collect(),
+        Source::Keys(keys) => keys.chunks(KEY_BATCH).map(|c| Source::Keys(c.to_vec())).collect(),
+    };
+    let key_names = schema.key_names();
+    for chunk in chunks {
+        let mut divergences = match chunk {
+            Source::Ranges(mut r) => {
+                let range = r.pop().expect("one range per chunk");
+                diff_range(plan, schema, stage, range, &ctx.options.progress).await?
+            }
+            Source::Keys(keys) => diff_keys(plan, schema, stage, &keys).await?,
+        };
+        let mut keys = by_key(&divergences);
+        mark_duplicates(&mut divergences, &mut keys, duplicates);
+        for d in &divergences {
+            *found.rows_of.entry(d.key.as_bytes().to_vec()).or_default() += 1;
+        }
+        let queued: Vec<Detected> = keys
+            .iter()
+            .map(|k| Detected {
+                key_bytes: k.key.as_bytes().to_vec(),
+                key_json: k.key.to_json(&key_names).to_string(),
+                kind: k.kind.as_str().to_owned(),
+                canonical_digest: k.canonical,
+                stage_count: k.stage.count,
+                stage_sum: k.stage.sum,
+            })
+            .collect();
+        if !queued.is_empty() {
+            ctx.control
+                .enqueue(&ctx.run_id, &plan.name, &stage.name, now_us(), &queued)
+                .await
+                .map_err(|error| EngineError::Control {
+                    dataset: plan.name.clone(),
+                    error,
+                })?;
+            detected.notify_waiters();
+            if pausable {
+                found.paused += backpressure(plan, ctx, stage, drained).await?;
+            }
+        }
+        found.divergences.extend(divergences);
+        found.keys.extend(keys);
+    }
+    Ok(found)
+}
+
+/// Waits while this run's live queue depth for the stage is at or above the high watermark,
+/// until it is at or below the low one; returns the time waited.
+async fn backpressure(
+    plan: &DatasetPlan,
+    ctx: &RunContext,
+    stage: &CopyRef,
+    drained: &Notify,
+) -> Result<Duration, EngineError> {
+    let depth = || async {
+        ctx.control
+            .run_backlog(&ctx.run_id, &plan.name, &stage.name)
+            .await
+            .map(|(n, _)| n)
+            .map_err(|error| EngineError::Control {
+                dataset: plan.name.clone(),
+                error,
+            })
+    };
+    if depth().await? < ctx.settings.high_watermark {
+        return Ok(Duration::ZERO);
+    }
+    let started = Instant::now();
+    info!(dataset = %plan.name, stage = %stage.name, "queue above the high watermark; detection paused");
+    while depth().await? > ctx.settings.low_watermark {
+        tokio::select! {
+            () = drained.notified() => {}
+            () = tokio::time::sleep(BACKPRESSURE_POLL) => {}
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// Re-reads what was repaired; `Some(reason)` when a key still diverges that the repair did
+/// not knowingly leave.
+async fn verify(
+    plan: &DatasetPlan,
+    schema: &Schema,
+    stage: &CopyRef,
+    source: &Source,
+    stats: &RepairStats,
+) -> Result<Option<String>, EngineError> {
+    let mut remaining = Vec::new();
+    match source {
+        Source::Ranges(ranges) => {
+            let progress = Arc::default();
+            for range in ranges {
+                remaining.extend(diff_range(plan, schema, stage, range.clone(), &progress).await?);
+            }
+        }
+        Source::Keys(keys) => {
+            for chunk in keys.chunks(KEY_BATCH) {
+                remaining.extend(diff_keys(plan, schema, stage, chunk).await?);
+            }
+        }
+    }
+    let unexpected: Vec<String> = by_key(&remaining)
+        .into_iter()
+        .filter(|k| !stats.left.contains(k.key.as_bytes()))
+        .map(|k| k.key.to_json(&schema.key_names()).to_string())
+        .collect();
+    if unexpected.is_empty() {
+        return Ok(None);
+    }
+    let shown: Vec<&str> = unexpected.iter().take(10).map(String::as_str).collect();
+    Ok(Some(format!(
+        "after repair, {} key(s) still differ from canonical (e.g. {}); later stages are halted",
+        unexpected.len(),
+        shown.join(", ")
+    )))
+}
+
+/// What a repair of one stage needs besides its policy: the columns it writes and reads,
+/// and the compiled compensating statements.
+#[derive(Debug)]
+struct RepairSetup {
+    write: Schema,
+    fetch: Schema,
+    statements: BTreeMap<DivergenceKind, Compiled>,
+}
+
+impl RepairSetup {
+    async fn new(plan: &DatasetPlan, schema: &Schema, stage: &CopyRef) -> Result<RepairSetup, EngineError> {
+        let store_err = |copy: String| {
+            let dataset = plan.name.clone();
+            move |error| EngineError::Store { dataset, copy, error }
+        };
+        if !stage.store.writable() {
+            return Err(EngineError::Input {
+                dataset: plan.name.clone(),
+                reason: format!("stage {:?} was not opened for writing", stage.name),
+            });
+        }
+        let key = schema.key_names();
+        let canonical_all = plan
+            .canonical
+            .schema(&key, None)
+            .await
+            .map_err(store_err(canonical_label()))?;
+        let stage_all = stage
+            .store
+            .schema(&key, None)
+            .await
+            .map_err(store_err(stage_label(&stage.name)))?;
+        let values: Vec<Column> = canonical_all
+            .values
+            .iter()
+            .filter(|c| stage_all.values.iter().any(|s| s.name == c.name))
+            .cloned()
+            .collect();
+        let write = Schema {
+            key: schema.key.clone(),
+            values,
+        };
+        // Between two copies of the same kind, values travel as the store holds them (an
+        // untyped read); otherwise as canonical's logical values.
+        let same_kind = plan.canonical.kind() == stage.store.kind();
+        let fetch = Schema {
+            key: write.key.clone(),
+            values: write
+                .values
+                .iter()
+                .map(|c| Column {
+                    name: c.name.clone(),
+                    ty: if same_kind { LogicalType::Any } else { c.ty },
+                })
+                .collect(),
+        };
+        let mut statements = BTreeMap::new();
+        if let RepairMode::Compensate(by_kind) = &stage.policy.mode {
+            let names: Vec<String> = write.key.iter().chain(&write.values).map(|c| c.name.clone()).collect();
+            for (kind, sql) in by_kind {
+                let compiled = compile(sql, &names, |n| {
+                    stage.store.placeholder(n).unwrap_or_else(|| format!("${n}"))
+                })
+                .map_err(|reason| EngineError::Input {
+                    dataset: plan.name.clone(),
+                    reason: format!("stage {:?}: compensate.{}: {reason}", stage.name, kind.as_str()),
+                })?;
+                statements.insert(*kind, compiled);
+            }
+        }
+        Ok(RepairSetup {
+            write,
+            fetch,
+            statements,
+        })
+    }
+
+    fn repairer<'a>(
+        &'a self,
+        plan: &'a DatasetPlan,
+        stage: &'a CopyRef,
+        schema: &'a Schema,
+        ctx: &'a RunContext,
+        pacer: &'a Pacer,
+    ) -> Repairer<'a> {
+        Repairer {
+            dataset: &plan.name,
+            stage: &stage.name,
+            store: &stage.store,
+            canonical: &plan.canonical,
+            hasher: &plan.hasher,
+            check: schema,
+            write: &self.write,
+            fetch: &self.fetch,
+            mode: &stage.policy.mode,
+            statements: &self.statements,
+            ctx,
+            pacer,
+        }
+    }
+}
+
+/// The repair section of a stage's report.
+#[allow(clippy::too_many_arguments)]
+async fn repair_report(
+    plan: &DatasetPlan,
+    ctx: &RunContext,
+    schema: &Schema,
+    stage: &CopyRef,
+    found: &Found,
+    stats: &RepairStats,
+    status: &'static str,
+    reason: Option<String>,
+    held_back: Duration,
+) -> Result<StageRepairReport, EngineError> {
+    let key_names = schema.key_names();
+    let dead = ctx
+        .control
+        .entries(&plan.name, &stage.name, "dead")
+        .await
+        .map_err(|error| EngineError::Control {
+            dataset: plan.name.clone(),
+            error,
+        })?
+        .into_iter()
+        .map(|e| DeadReport {
+            key: serde_json::from_str(&e.key_json).unwrap_or(serde_json::Value::String(e.key_json)),
+            kind: e.kind,
+            attempts: e.attempts,
+            error: e.last_error,
+        })
+        .collect();
+    let mut outcomes: BTreeMap<&'static str, u64> = stats.outcomes.iter().map(|(o, n)| (o.as_str(), *n)).collect();
+    let planned: Vec<PlannedReport> = if matches!(status, "dry_run" | "report" | "held" | "halted") {
+        found
+            .keys
+            .iter()
+            .map(|k| PlannedReport {
+                key: k.key.to_json(&key_names),
+                kind: k.kind.as_str(),
+                action: planned_action(&stage.policy.mode, k),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if !planned.is_empty() {
+        outcomes.insert(RepairOutcome::Planned.as_str(), planned.len() as u64);
+    }
+    Ok(StageRepairReport {
+        mode: stage.policy.mode.name(),
+        status,
+        reason,
+        outcomes,
+        skipped_newer: stats.skipped_newer.iter().map(|k| k.to_json(&key_names)).collect(),
+        dead,
+        planned,
+        held_back_secs: held_back.as_secs_f64(),
+    })
+}
+
+/// The write a divergent key would get, from what detection saw.
+fn planned_action(mode: &RepairMode, k: &KeyDivergence) -> &'static str {
+    match mode {
+        RepairMode::Compensate(by_kind) if by_kind.contains_key(&k.kind) => "compensate",
+        RepairMode::Compensate(_) => "none",
+        _ if k.canonical.is_some() => "put",
+        _ => "delete",
+    }
+}
+
+/// The stage's metrics at the end of its run.
+async fn record_metrics(
+    plan: &DatasetPlan,
+    ctx: &RunContext,
+    stage: &CopyRef,
+    report: &StageReport,
+    found: &Found,
+    stats: &RepairStats,
+    held_back: Duration,
+) -> Result<(), EngineError> {
+    let (ds, st) = (plan.name.as_str(), stage.name.as_str());
+    let m = &ctx.metrics;
+    let left = (found.keys.len() as u64).saturating_sub(stats.repaired.len() as u64);
+    m.set_divergent_keys(ds, st, left);
+    m.set_consistency(ds, st, report.canonical_rows, report.stage_rows, left);
+    let duplicates = found
+        .divergences
+        .iter()
+        .filter(|d| d.kind == DivergenceKind::Duplicate)
+        .count() as u64;
+    m.add_duplicate_commits(ds, st, duplicates);
+    for (outcome, n) in &stats.outcomes {
+        m.add_repairs(ds, st, *outcome, *n);
+    }
+    if let Some(r) = &report.repair
+        && let Some(n) = r.outcomes.get(RepairOutcome::Planned.as_str())
+    {
+        m.add_repairs(ds, st, RepairOutcome::Planned, *n);
+    }
+    for lag in &stats.lags {
+        m.observe_lag(ds, st, *lag);
+    }
+    m.add_backpressure(ds, st, held_back);
+    let depth = ctx.control.depth(ds, st).await.map_err(|error| EngineError::Control {
+        dataset: plan.name.clone(),
+        error,
+    })?;
+    m.set_queue_depth(ds, st, depth.live);
+    let oldest = depth.oldest_first_seen_us.map_or(Duration::ZERO, |us| {
+        Duration::from_micros(now_us().saturating_sub(us).max(0) as u64)
+    });
+    m.set_oldest_pending(ds, st, oldest);
+    if left == 0 {
+        m.set_last_success(ds, st, now_us() as f64 / 1e6);
+    }
+    Ok(())
+}

@@ -159,3 +159,66 @@ pub fn write_config(
     std::fs::write(&path, text).expect("write config");
     path
 }
+
+/// Every row of a query on a SQLite file, each column as text (`NULL` for NULL), for
+/// comparing whole tables.
+pub async fn sqlite_rows(path: &Path, sql: &str) -> Vec<Vec<String>> {
+    use sqlx::{Row, ValueRef};
+    let mut db = sqlite(path).await;
+    let rows = sqlx::query(sql)
+        .fetch_all(&mut db)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {sql}"));
+    db.close().await.expect("close test database");
+    rows.iter()
+        .map(|r| {
+            (0..r.columns().len())
+                .map(|i| {
+                    let raw = r.try_get_raw(i).expect("column");
+                    if raw.is_null() {
+                        return "NULL".to_owned();
+                    }
+                    let info = raw.type_info().to_string();
+                    match info.as_str() {
+                        "INTEGER" => r.get::<i64, _>(i).to_string(),
+                        "REAL" => format!("{:?}", r.get::<f64, _>(i)),
+                        "BLOB" => format!("{:?}", r.get::<Vec<u8>, _>(i)),
+                        _ => format!("{:?}", r.get::<String, _>(i)),
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The URL of the test server (`scripts/with-postgres` exports `DATABASE_URL`).
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL is not set: run the tests through scripts/test, which starts PostgreSQL")
+}
+
+/// A fresh, empty PostgreSQL database for one test (so tests run in parallel), and its URL.
+pub async fn fresh_pg_database(name: &str) -> (sqlx::PgPool, String) {
+    use sqlx::postgres::PgPoolOptions;
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database_url())
+        .await
+        .expect("connect");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .expect("drop database");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    let mut url = url::Url::parse(&database_url()).expect("DATABASE_URL is a URL");
+    url.set_path(name);
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(url.as_str())
+        .await
+        .expect("connect test db");
+    (pool, url.to_string())
+}

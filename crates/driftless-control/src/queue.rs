@@ -49,6 +49,8 @@ pub struct Leased {
 /// A queue entry as reports list it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryRecord {
+    /// The order-preserving key encoding.
+    pub key_bytes: Vec<u8>,
     /// The key as reports print it.
     pub key_json: String,
     /// The kind.
@@ -242,7 +244,9 @@ impl ControlPlane {
 
     /// Marks resolved every entry of a stage that run `run_id` did not find again. Call it
     /// only after a scan that covered the stage's whole key space and completed. Entries
-    /// under a live lease are left to their holder.
+    /// under a live lease are left to their holder. A repair intent such an entry left
+    /// behind (its repairer was cut short after writing the stage and before settling) whose
+    /// target is what canonical held is recorded as applied: the stage now holds it.
     pub async fn resolve_unseen(
         &self,
         run_id: &str,
@@ -250,26 +254,87 @@ impl ControlPlane {
         stage: &str,
         now_us: i64,
     ) -> Result<u64, ControlError> {
-        const SQL: &str = "UPDATE divergences SET state = 'resolved', owner = NULL, lease_until_us = NULL \
-                           WHERE dataset = $1 AND stage = $2 AND last_run_id <> $3 \
-                           AND (state IN ('pending', 'stale', 'dead') OR (state = 'leased' AND lease_until_us <= $4))";
+        const UNSEEN: &str = "dataset = $1 AND stage = $2 AND last_run_id <> $3 \
+                              AND (state IN ('pending', 'stale', 'dead') OR (state = 'leased' AND lease_until_us <= $4))";
+        let intents = format!(
+            "UPDATE repairs SET outcome = 'applied', applications = applications + 1, applied_us = $4 \
+             WHERE outcome = 'pending' AND dataset = $1 AND stage = $2 AND EXISTS (SELECT 1 FROM divergences \
+             WHERE {UNSEEN} AND divergences.key_bytes = repairs.key_bytes \
+             AND divergences.first_seen_us = repairs.first_seen_us \
+             AND coalesce(divergences.canonical_digest, '') = coalesce(repairs.target_digest, ''))"
+        );
+        let entries =
+            format!("UPDATE divergences SET state = 'resolved', owner = NULL, lease_until_us = NULL WHERE {UNSEEN}");
+        macro_rules! resolve {
+            ($pool:expr, $sql:expr) => {
+                async {
+                    let mut tx = $pool.begin().await?;
+                    let mut resolved = 0;
+                    // The intents first: the entries they match are about to change state.
+                    for text in [&intents, &entries] {
+                        resolved = sqlx::query(&$sql(text))
+                            .bind(dataset)
+                            .bind(stage)
+                            .bind(run_id)
+                            .bind(now_us)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                    }
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>(resolved)
+                }
+                .await
+            };
+        }
         let result = match &self.db {
-            Db::Postgres(pool) => sqlx::query(SQL)
-                .bind(dataset)
-                .bind(stage)
-                .bind(run_id)
-                .bind(now_us)
-                .execute(pool)
+            Db::Postgres(pool) => resolve!(pool, |s: &String| s.clone()),
+            Db::Sqlite(pool) => resolve!(pool, |s: &String| sqlite_sql(s)),
+        };
+        result.map_err(|e| self.query_err(e))
+    }
+
+    /// Frees the live leases of a stage whose owner `is_dead` says has died (a repairer on
+    /// this host whose process is gone), so its entries need not wait for the leases to
+    /// expire. Returns how many entries were freed.
+    pub async fn release_orphans(
+        &self,
+        dataset: &str,
+        stage: &str,
+        now_us: i64,
+        is_dead: impl Fn(&str) -> bool,
+    ) -> Result<u64, ControlError> {
+        const OWNERS: &str = "SELECT DISTINCT owner FROM divergences \
+                              WHERE dataset = $1 AND stage = $2 AND state = 'leased' AND lease_until_us > $3";
+        const RELEASE: &str = "UPDATE divergences SET state = 'pending', owner = NULL, lease_until_us = NULL \
+                               WHERE dataset = $1 AND stage = $2 AND state = 'leased' AND owner = $3";
+        macro_rules! release {
+            ($pool:expr, $sql:expr) => {
+                async {
+                    let owners: Vec<Option<String>> = sqlx::query_scalar(&$sql(OWNERS))
+                        .bind(dataset)
+                        .bind(stage)
+                        .bind(now_us)
+                        .fetch_all($pool)
+                        .await?;
+                    let mut freed = 0;
+                    for owner in owners.into_iter().flatten().filter(|o| is_dead(o)) {
+                        freed += sqlx::query(&$sql(RELEASE))
+                            .bind(dataset)
+                            .bind(stage)
+                            .bind(&owner)
+                            .execute($pool)
+                            .await?
+                            .rows_affected();
+                    }
+                    Ok::<_, sqlx::Error>(freed)
+                }
                 .await
-                .map(|r| r.rows_affected()),
-            Db::Sqlite(pool) => sqlx::query(&sqlite_sql(SQL))
-                .bind(dataset)
-                .bind(stage)
-                .bind(run_id)
-                .bind(now_us)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected()),
+            };
+        }
+        let result = match &self.db {
+            Db::Postgres(pool) => release!(pool, str::to_owned),
+            Db::Sqlite(pool) => release!(pool, sqlite_sql),
         };
         result.map_err(|e| self.query_err(e))
     }
@@ -424,9 +489,10 @@ impl ControlPlane {
 
     /// Every entry of a stage in `state`, in key order, for reports.
     pub async fn entries(&self, dataset: &str, stage: &str, state: &str) -> Result<Vec<EntryRecord>, ControlError> {
-        const SQL: &str = "SELECT key_json, kind, state, attempts, last_error FROM divergences \
+        const SQL: &str = "SELECT key_bytes, key_json, kind, state, attempts, last_error FROM divergences \
                            WHERE dataset = $1 AND stage = $2 AND state = $3 ORDER BY key_bytes";
-        let record = |key_json, kind, state, attempts, last_error| EntryRecord {
+        let record = |key_bytes, key_json, kind, state, attempts, last_error| EntryRecord {
+            key_bytes,
             key_json,
             kind,
             state,
@@ -442,7 +508,7 @@ impl ControlPlane {
                 .await
                 .map(|rows| {
                     rows.iter()
-                        .map(|r| record(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                        .map(|r| record(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
                         .collect()
                 }),
             Db::Sqlite(pool) => sqlx::query(&sqlite_sql(SQL))
@@ -453,7 +519,7 @@ impl ControlPlane {
                 .await
                 .map(|rows| {
                     rows.iter()
-                        .map(|r| record(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                        .map(|r| record(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
                         .collect()
                 }),
         };

@@ -80,6 +80,20 @@ pub fn now_us() -> i64 {
     i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// Whether a lease owner (`user@host/pid`) is a process of this host that no longer exists.
+/// Owners on other hosts, or whose process lives, are never judged dead: their leases
+/// expire on their own.
+pub fn owner_is_dead(owner: &str, me: &str) -> bool {
+    let host_of = |o: &str| o.rsplit_once('/').map(|(who, _)| who.to_owned());
+    let (Some(theirs), Some(mine)) = (host_of(owner), host_of(me)) else {
+        return false;
+    };
+    let Some(pid) = owner.rsplit_once('/').and_then(|(_, pid)| pid.parse::<u32>().ok()) else {
+        return false;
+    };
+    theirs == mine && owner != me && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Where a stage's divergences are looked for.
 #[derive(Debug, Clone)]
 enum Source {
@@ -160,6 +174,16 @@ async fn run_stage(
         }
     };
     let duplicates = duplicate_commits(plan, schema, stage).await?;
+    let freed = ctx
+        .control
+        .release_orphans(&plan.name, &stage.name, now_us(), |owner| {
+            owner_is_dead(owner, &ctx.owner)
+        })
+        .await
+        .map_err(control_err)?;
+    if freed > 0 {
+        info!(dataset = %plan.name, stage = %stage.name, freed, "freed leases of a repairer that died on this host");
+    }
 
     let repairing = ctx.mode == Mode::Repair;
     let writes = repairing && !ctx.dry_run && policy.mode != RepairMode::Report && halted.is_none();
@@ -254,9 +278,19 @@ async fn run_stage(
         "repaired"
     };
 
-    let stats = stats.unwrap_or_default();
+    let mut stats = stats.unwrap_or_default();
     if status == "repaired" {
-        match verify(plan, schema, stage, &source, &stats).await? {
+        // Entries parked dead earlier are known and reported; they do not fail the check.
+        let dead = ctx
+            .control
+            .entries(&plan.name, &stage.name, "dead")
+            .await
+            .map_err(control_err)?;
+        stats.left.extend(dead.into_iter().map(|e| e.key_bytes));
+        let (reason, still) = verify(plan, schema, stage, &source, &stats).await?;
+        // A key written but found divergent again is not repaired, whatever its write did.
+        stats.repaired.retain(|k| !still.contains(k));
+        match reason {
             Some(reason) => {
                 status = "verify_failed";
                 held = Some(reason);
@@ -432,15 +466,15 @@ async fn backpressure(
     Ok(started.elapsed())
 }
 
-/// Re-reads what was repaired; `Some(reason)` when a key still diverges that the repair did
-/// not knowingly leave.
+/// Re-reads what was repaired: the keys still divergent that the repair did not knowingly
+/// leave, and `Some(reason)` when there are any.
 async fn verify(
     plan: &DatasetPlan,
     schema: &Schema,
     stage: &CopyRef,
     source: &Source,
     stats: &RepairStats,
-) -> Result<Option<String>, EngineError> {
+) -> Result<(Option<String>, HashSet<Vec<u8>>), EngineError> {
     let mut remaining = Vec::new();
     match source {
         Source::Ranges(ranges) => {
@@ -455,20 +489,26 @@ async fn verify(
             }
         }
     }
-    let unexpected: Vec<String> = by_key(&remaining)
+    let unexpected: Vec<Key> = by_key(&remaining)
         .into_iter()
         .filter(|k| !stats.left.contains(k.key.as_bytes()))
-        .map(|k| k.key.to_json(&schema.key_names()).to_string())
+        .map(|k| k.key)
         .collect();
+    let still: HashSet<Vec<u8>> = unexpected.iter().map(|k| k.as_bytes().to_vec()).collect();
     if unexpected.is_empty() {
-        return Ok(None);
+        return Ok((None, still));
     }
-    let shown: Vec<&str> = unexpected.iter().take(10).map(String::as_str).collect();
-    Ok(Some(format!(
+    let shown: Vec<String> = unexpected
+        .iter()
+        .take(10)
+        .map(|k| k.to_json(&schema.key_names()).to_string())
+        .collect();
+    let reason = format!(
         "after repair, {} key(s) still differ from canonical (e.g. {}); later stages are halted",
         unexpected.len(),
         shown.join(", ")
-    )))
+    );
+    Ok((Some(reason), still))
 }
 
 /// What a repair of one stage needs besides its policy: the columns it writes and reads,
@@ -513,9 +553,10 @@ impl RepairSetup {
             key: schema.key.clone(),
             values,
         };
-        // Between two copies of the same kind, values travel as the store holds them (an
-        // untyped read); otherwise as canonical's logical values.
-        let same_kind = plan.canonical.kind() == stage.store.kind();
+        // Between two copies of the same kind, overwrites carry values as the store holds
+        // them (an untyped read); otherwise, and as a compensating statement's parameters,
+        // as canonical's logical values.
+        let same_kind = plan.canonical.kind() == stage.store.kind() && stage.policy.mode == RepairMode::Overwrite;
         let fetch = Schema {
             key: write.key.clone(),
             values: write

@@ -15,6 +15,7 @@
 //!   rows of divergent leaves then travel, digested in pull mode.
 
 mod sql;
+mod write;
 
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
@@ -23,7 +24,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use driftless_core::key::{KeyBuilder, parse_uuid};
 use driftless_core::{Aggregate, Boundaries, Key, KeyRange, LogicalType, RowHasher, Tree, Value};
-use driftless_store::{Column, DigestBatch, DigestStream, Progress, Sample, Schema, Store, StoreError, redact_url};
+use driftless_store::{
+    Column, DigestBatch, DigestStream, Progress, Sample, Schema, Store, StoreError, WriteOp, WriteResult, redact_url,
+};
 use futures::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Row};
@@ -406,18 +409,36 @@ impl Store for PgStore {
     }
 
     async fn fetch(&self, schema: &Schema, keys: &[Key]) -> Result<Vec<(Key, Vec<Value>)>, StoreError> {
-        let (quoted, _) = self.table_columns().await?;
-        let text = sql::point_select(&quoted, schema);
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let mut query = sqlx::query(&text);
-            for b in sql::key_binds(key).map_err(|r| self.schema_err(r))? {
-                query = b.bind_to(query);
-            }
-            if let Some(row) = query.fetch_optional(&self.pool).await.map_err(|e| self.read_err(&e))? {
-                out.push((key.clone(), self.read_values(schema, &row)?));
-            }
-        }
-        Ok(out)
+        self.rows_of(schema, keys).await
+    }
+
+    fn writable(&self) -> bool {
+        self.writable
+    }
+
+    fn placeholder(&self, n: usize) -> Option<String> {
+        Some(format!("${n}"))
+    }
+
+    async fn apply(
+        &self,
+        check: &Schema,
+        write: &Schema,
+        hasher: &RowHasher,
+        ops: &[WriteOp],
+    ) -> Result<Vec<WriteResult>, StoreError> {
+        self.apply_ops(check, write, hasher, ops).await
+    }
+
+    async fn digest_keys(&self, schema: &Schema, keys: &[Key], hasher: &RowHasher) -> Result<DigestBatch, StoreError> {
+        self.digest_many(schema, keys, hasher).await
+    }
+
+    async fn keys_since(&self, schema: &Schema, column: &str, since_us: i64) -> Result<Vec<Key>, StoreError> {
+        self.keys_changed_since(schema, column, since_us).await
+    }
+
+    async fn duplicate_groups(&self, schema: &Schema, columns: &[String]) -> Result<Vec<Vec<Key>>, StoreError> {
+        self.duplicate_key_groups(schema, columns).await
     }
 }

@@ -32,7 +32,7 @@ impl KeyKind {
         }
     }
 
-    fn cast(self) -> &'static str {
+    pub(crate) fn cast(self) -> &'static str {
         match self {
             KeyKind::Int => "int8",
             KeyKind::Text => "text",
@@ -69,13 +69,13 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn kind(ty: LogicalType) -> KeyKind {
+pub(crate) fn kind(ty: LogicalType) -> KeyKind {
     // Schemas are validated when resolved: every key column has a key kind.
     KeyKind::of(ty).unwrap_or(KeyKind::Text)
 }
 
 /// Key columns as compared and ordered: text bytewise.
-fn key_exprs(schema: &Schema) -> Vec<String> {
+pub(crate) fn key_exprs(schema: &Schema) -> Vec<String> {
     schema
         .key
         .iter()
@@ -86,7 +86,7 @@ fn key_exprs(schema: &Schema) -> Vec<String> {
         .collect()
 }
 
-fn select_list(schema: &Schema, with_values: bool) -> String {
+pub(crate) fn select_list(schema: &Schema, with_values: bool) -> String {
     let mut cols: Vec<String> = schema
         .key
         .iter()
@@ -102,7 +102,7 @@ fn select_list(schema: &Schema, with_values: bool) -> String {
     cols.join(", ")
 }
 
-fn placeholders(schema: &Schema, first: usize) -> String {
+pub(crate) fn placeholders(schema: &Schema, first: usize) -> String {
     let marks: Vec<String> = schema
         .key
         .iter()
@@ -147,17 +147,6 @@ pub fn sample_select(table: &str, schema: &Schema, percent: f64) -> String {
     format!(
         "SELECT {} FROM {table} TABLESAMPLE BERNOULLI ({percent})",
         select_list(schema, false)
-    )
-}
-
-/// One row by key.
-pub fn point_select(table: &str, schema: &Schema) -> String {
-    let keys: Vec<String> = schema.key.iter().map(|c| ident(&c.name)).collect();
-    format!(
-        "SELECT {} FROM {table} WHERE ({}) = ({})",
-        select_list(schema, true),
-        keys.join(", "),
-        placeholders(schema, 1)
     )
 }
 

@@ -60,7 +60,13 @@ pub fn table(report: &RunReport) -> String {
     let mut rows: Vec<[String; 7]> = Vec::new();
     for d in &report.datasets {
         for st in &d.stages {
-            let status = if st.divergent > st.repaired { "DRIFT" } else { "ok" };
+            let status = match &st.repair {
+                Some(r) if r.status == "held" => "HELD (approval needed)".to_owned(),
+                Some(r) if r.status == "halted" => "HALTED".to_owned(),
+                Some(r) if r.status == "verify_failed" => "VERIFY FAILED".to_owned(),
+                _ if st.divergent > st.repaired => "DRIFT".to_owned(),
+                _ => "ok".to_owned(),
+            };
             rows.push([
                 d.dataset.clone(),
                 st.stage.clone(),
@@ -68,7 +74,7 @@ pub fn table(report: &RunReport) -> String {
                 st.stage_rows.to_string(),
                 st.divergent.to_string(),
                 st.repaired.to_string(),
-                status.into(),
+                status,
             ]);
         }
     }
@@ -90,8 +96,46 @@ pub fn table(report: &RunReport) -> String {
         writeln!(s, "{}", line(&r.iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
     }
     for d in &report.datasets {
-        for st in d.stages.iter().filter(|st| st.divergent > 0) {
+        for st in d
+            .stages
+            .iter()
+            .filter(|st| st.divergent > 0 || st.repair.as_ref().is_some_and(|r| !r.dead.is_empty()))
+        {
             writeln!(s, "\n{} / {}:", d.dataset, st.stage).unwrap();
+            if let Some(r) = &st.repair {
+                let outcomes: Vec<String> = r.outcomes.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                writeln!(
+                    s,
+                    "  repair ({}): {}",
+                    r.mode,
+                    if outcomes.is_empty() {
+                        "nothing to do".into()
+                    } else {
+                        outcomes.join(", ")
+                    }
+                )
+                .unwrap();
+                if let Some(reason) = &r.reason {
+                    writeln!(s, "  {reason}").unwrap();
+                }
+                for k in &r.skipped_newer {
+                    writeln!(
+                        s,
+                        "  skipped   {k} (changed in the stage after detection; newer value kept)"
+                    )
+                    .unwrap();
+                }
+                for dead in &r.dead {
+                    writeln!(
+                        s,
+                        "  dead      {} after {} attempts: {}",
+                        dead.key,
+                        dead.attempts,
+                        dead.error.as_deref().unwrap_or("?")
+                    )
+                    .unwrap();
+                }
+            }
             for div in st.divergences.iter().take(TABLE_KEYS_PER_STAGE) {
                 writeln!(s, "  {:<9} {}", div.kind, div.key).unwrap();
             }

@@ -257,7 +257,8 @@ impl ControlPlane {
         const UNSEEN: &str = "dataset = $1 AND stage = $2 AND last_run_id <> $3 \
                               AND (state IN ('pending', 'stale', 'dead') OR (state = 'leased' AND lease_until_us <= $4))";
         let intents = format!(
-            "UPDATE repairs SET outcome = 'applied', applications = applications + 1, applied_us = $4 \
+            "UPDATE repairs SET outcome = 'applied', applications = applications + 1, repeats = repeats + 1, \
+             applied_us = $4 \
              WHERE outcome = 'pending' AND dataset = $1 AND stage = $2 AND EXISTS (SELECT 1 FROM divergences \
              WHERE {UNSEEN} AND divergences.key_bytes = repairs.key_bytes \
              AND divergences.first_seen_us = repairs.first_seen_us \

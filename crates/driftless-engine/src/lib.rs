@@ -35,3 +35,10 @@ pub use policy::{RepairMode, RepairSettings, StagePolicy};
 pub use report::{DatasetReport, DivergenceReport, Mode, RunReport, StageReport};
 pub use run::{RunContext, run_dataset};
 pub use scan::{CopyRef, DatasetPlan, EngineError, ScanOptions, scan_dataset};
+
+/// Reads failpoint settings from the `FAILPOINTS` environment variable, in builds with the
+/// `failpoints` feature (crash tests); does nothing otherwise. Call once, at start-up.
+pub fn failpoints_from_env() {
+    #[cfg(feature = "failpoints")]
+    std::mem::forget(fail::FailScenario::setup());
+}

@@ -263,6 +263,8 @@ impl Repairer<'_> {
                     vec![WriteResult::Failed(e.to_string()); ops.len()]
                 }
             };
+            // Crash tests stop here: the stage is written, the ledger not yet settled.
+            fail::fail_point!("repair-after-stage-write");
             if results.iter().any(|r| matches!(r, WriteResult::Failed(_))) {
                 self.pacer.record_error();
             } else {

@@ -133,6 +133,7 @@ const EXIT_DRIFT: u8 = 2;
 /// Runs the command line and returns the exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    driftless_engine::failpoints_from_env();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DRIFTLESS_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

@@ -30,3 +30,5 @@ ALTER TABLE runs ADD COLUMN approved_by text;
 ALTER TABLE runs ADD COLUMN approved_us bigint;
 -- Per stage: why the breaker held its writes (NULL when not held).
 ALTER TABLE run_stages ADD COLUMN held text;
+-- Attempts are counted as bigint, as every other count here.
+ALTER TABLE divergences ALTER COLUMN attempts TYPE bigint;

@@ -9,8 +9,6 @@
 
 use std::collections::HashMap;
 
-use sqlx::Row;
-
 use crate::queue::{Backoff, Detected, Settlement, hex128, saturating};
 use crate::{ControlError, ControlPlane, Db, sqlite_sql};
 
@@ -107,7 +105,7 @@ impl ControlPlane {
                             .execute(&mut *tx)
                             .await?
                             .rows_affected();
-                        let rows = sqlx::query(&$sql(SELECT))
+                        let rows = sqlx::query_as::<_, (String, String, Option<String>)>(&$sql(SELECT))
                             .bind(dataset)
                             .bind(stage)
                             .bind(&i.key_bytes)
@@ -118,9 +116,7 @@ impl ControlPlane {
                             existed: inserted == 0,
                             ..KeyLedger::default()
                         };
-                        for r in rows {
-                            let (id, outcome, target): (String, String, Option<String>) =
-                                (r.get(0), r.get(1), r.get(2));
+                        for (id, outcome, target) in rows {
                             if id == i.repair_id {
                                 entry.outcome = outcome;
                             } else if outcome == "pending" {

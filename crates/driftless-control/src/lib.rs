@@ -25,7 +25,7 @@ use std::time::Duration;
 use driftless_store::redact_url;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::{Postgres, Row, Sqlite};
+use sqlx::{Postgres, Sqlite};
 
 /// Connections the control plane keeps open.
 const POOL_CONNECTIONS: u32 = 4;
@@ -261,16 +261,16 @@ impl ControlPlane {
     pub async fn runs(&self) -> Result<Vec<RunRecord>, ControlError> {
         const SQL: &str = "SELECT r.run_id, r.status, (SELECT count(*) FROM run_stages s WHERE s.run_id = r.run_id) \
                            FROM runs r ORDER BY r.started_us, r.run_id";
-        let record = |run_id: String, status: String, stages: i64| RunRecord { run_id, status, stages };
+        let record = |(run_id, status, stages): (String, String, i64)| RunRecord { run_id, status, stages };
         match &self.db {
-            Db::Sqlite(pool) => sqlx::query(SQL)
+            Db::Sqlite(pool) => sqlx::query_as(SQL)
                 .fetch_all(pool)
                 .await
-                .map(|rows| rows.iter().map(|r| record(r.get(0), r.get(1), r.get(2))).collect()),
-            Db::Postgres(pool) => sqlx::query(SQL)
+                .map(|rows| rows.into_iter().map(record).collect()),
+            Db::Postgres(pool) => sqlx::query_as(SQL)
                 .fetch_all(pool)
                 .await
-                .map(|rows| rows.iter().map(|r| record(r.get(0), r.get(1), r.get(2))).collect()),
+                .map(|rows| rows.into_iter().map(record).collect()),
         }
         .map_err(|e| self.query_err(e))
     }
@@ -285,7 +285,12 @@ impl ControlPlane {
         macro_rules! info {
             ($pool:expr, $sql:expr) => {
                 async {
-                    let Some(run) = sqlx::query(&$sql(RUN)).bind(run_id).fetch_optional($pool).await? else {
+                    type RunRow = (String, String, String, String, Option<String>);
+                    let Some(run) = sqlx::query_as::<_, RunRow>(&$sql(RUN))
+                        .bind(run_id)
+                        .fetch_optional($pool)
+                        .await?
+                    else {
                         return Ok(None);
                     };
                     let held = sqlx::query_as::<_, (String, String, i64, String)>(&$sql(HELD))
@@ -293,11 +298,11 @@ impl ControlPlane {
                         .fetch_all($pool)
                         .await?;
                     Ok::<_, sqlx::Error>(Some(RunInfo {
-                        run_id: run.get(0),
-                        mode: run.get(1),
-                        status: run.get(2),
-                        config_digest: run.get(3),
-                        scope: run.get(4),
+                        run_id: run.0,
+                        mode: run.1,
+                        status: run.2,
+                        config_digest: run.3,
+                        scope: run.4,
                         held,
                     }))
                 }

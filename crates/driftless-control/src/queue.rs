@@ -14,8 +14,6 @@
 //!   backoff; after `max_attempts` failures the entry is parked as `dead`, kept and reported,
 //!   never dropped.
 
-use sqlx::Row;
-
 use crate::{ControlError, ControlPlane, Db, sqlite_sql};
 
 /// One divergent key as a scan found it.
@@ -148,25 +146,22 @@ const UPSERT_SET: &str = "ON CONFLICT (dataset, stage, key_bytes) DO UPDATE SET 
 const LEASED_COLUMNS: &str =
     "key_bytes, key_json, kind, canonical_digest, stage_count, stage_digest, first_seen_us, attempts";
 
-fn leased_from_row<R: Row>(row: &R) -> Leased
-where
-    usize: sqlx::ColumnIndex<R>,
-    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> Option<String>: sqlx::Decode<'r, R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
+/// A leased row as [`LEASED_COLUMNS`] returns it.
+type LeasedRow = (Vec<u8>, String, String, Option<String>, i64, Option<String>, i64, i64);
+
+fn leased_from_row(row: LeasedRow) -> Leased {
+    let (key_bytes, key_json, kind, canonical, stage_count, stage_sum, first_seen_us, attempts) = row;
     Leased {
         detected: Detected {
-            key_bytes: row.get(0),
-            key_json: row.get(1),
-            kind: row.get(2),
-            canonical_digest: parse_hex128(row.get(3)),
-            stage_count: row.get::<i64, _>(4).max(0) as u64,
-            stage_sum: parse_hex128(row.get(5)).unwrap_or(0),
+            key_bytes,
+            key_json,
+            kind,
+            canonical_digest: parse_hex128(canonical),
+            stage_count: stage_count.max(0) as u64,
+            stage_sum: parse_hex128(stage_sum).unwrap_or(0),
         },
-        first_seen_us: row.get(6),
-        attempts: row.get(7),
+        first_seen_us,
+        attempts,
     }
 }
 
@@ -371,7 +366,7 @@ impl ControlPlane {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                sqlx::query(&sql)
+                sqlx::query_as::<_, LeasedRow>(&sql)
                     .bind(owner)
                     .bind(lease_until_us)
                     .bind(dataset)
@@ -381,7 +376,7 @@ impl ControlPlane {
                     .bind(run_id)
                     .fetch_all(pool)
                     .await
-                    .map(|rows| rows.iter().map(leased_from_row).collect::<Vec<_>>())
+                    .map(|rows| rows.into_iter().map(leased_from_row).collect::<Vec<_>>())
             }
             Db::Sqlite(pool) => {
                 let sql = format!(
@@ -391,7 +386,7 @@ impl ControlPlane {
                            ORDER BY key_bytes LIMIT ?6) \
                      RETURNING {LEASED_COLUMNS}"
                 );
-                sqlx::query(&sql)
+                sqlx::query_as::<_, LeasedRow>(&sql)
                     .bind(owner)
                     .bind(lease_until_us)
                     .bind(dataset)
@@ -401,7 +396,7 @@ impl ControlPlane {
                     .bind(run_id)
                     .fetch_all(pool)
                     .await
-                    .map(|rows| rows.iter().map(leased_from_row).collect::<Vec<_>>())
+                    .map(|rows| rows.into_iter().map(leased_from_row).collect::<Vec<_>>())
             }
         };
         let mut leased = result.map_err(|e| self.query_err(e))?;
@@ -451,33 +446,22 @@ impl ControlPlane {
               coalesce(sum(CASE WHEN state = 'dead' THEN 1 ELSE 0 END), 0), \
               min(first_seen_us) \
             FROM divergences WHERE dataset = $1 AND stage = $2 AND state IN ('pending', 'leased', 'stale', 'dead')";
+        type DepthRow = (i64, i64, i64, Option<i64>);
         let result = match &self.db {
-            Db::Postgres(pool) => sqlx::query(SQL)
-                .bind(dataset)
-                .bind(stage)
-                .fetch_one(pool)
-                .await
-                .map(|r| {
-                    (
-                        r.get::<i64, _>(0),
-                        r.get::<i64, _>(1),
-                        r.get::<i64, _>(2),
-                        r.get::<Option<i64>, _>(3),
-                    )
-                }),
-            Db::Sqlite(pool) => sqlx::query(&sqlite_sql(SQL))
-                .bind(dataset)
-                .bind(stage)
-                .fetch_one(pool)
-                .await
-                .map(|r| {
-                    (
-                        r.get::<i64, _>(0),
-                        r.get::<i64, _>(1),
-                        r.get::<i64, _>(2),
-                        r.get::<Option<i64>, _>(3),
-                    )
-                }),
+            Db::Postgres(pool) => {
+                sqlx::query_as::<_, DepthRow>(SQL)
+                    .bind(dataset)
+                    .bind(stage)
+                    .fetch_one(pool)
+                    .await
+            }
+            Db::Sqlite(pool) => {
+                sqlx::query_as::<_, DepthRow>(&sqlite_sql(SQL))
+                    .bind(dataset)
+                    .bind(stage)
+                    .fetch_one(pool)
+                    .await
+            }
         };
         let (live, stale, dead, oldest) = result.map_err(|e| self.query_err(e))?;
         Ok(Depth {
@@ -492,7 +476,8 @@ impl ControlPlane {
     pub async fn entries(&self, dataset: &str, stage: &str, state: &str) -> Result<Vec<EntryRecord>, ControlError> {
         const SQL: &str = "SELECT key_bytes, key_json, kind, state, attempts, last_error FROM divergences \
                            WHERE dataset = $1 AND stage = $2 AND state = $3 ORDER BY key_bytes";
-        let record = |key_bytes, key_json, kind, state, attempts, last_error| EntryRecord {
+        type EntryRow = (Vec<u8>, String, String, String, i64, Option<String>);
+        let record = |(key_bytes, key_json, kind, state, attempts, last_error): EntryRow| EntryRecord {
             key_bytes,
             key_json,
             kind,
@@ -501,28 +486,20 @@ impl ControlPlane {
             last_error,
         };
         let result = match &self.db {
-            Db::Postgres(pool) => sqlx::query(SQL)
+            Db::Postgres(pool) => sqlx::query_as::<_, EntryRow>(SQL)
                 .bind(dataset)
                 .bind(stage)
                 .bind(state)
                 .fetch_all(pool)
                 .await
-                .map(|rows| {
-                    rows.iter()
-                        .map(|r| record(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
-                        .collect()
-                }),
-            Db::Sqlite(pool) => sqlx::query(&sqlite_sql(SQL))
+                .map(|rows| rows.into_iter().map(record).collect()),
+            Db::Sqlite(pool) => sqlx::query_as::<_, EntryRow>(&sqlite_sql(SQL))
                 .bind(dataset)
                 .bind(stage)
                 .bind(state)
                 .fetch_all(pool)
                 .await
-                .map(|rows| {
-                    rows.iter()
-                        .map(|r| record(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
-                        .collect()
-                }),
+                .map(|rows| rows.into_iter().map(record).collect()),
         };
         result.map_err(|e| self.query_err(e))
     }

@@ -133,7 +133,7 @@ impl ControlPlane {
             };
         }
         let result = match &self.db {
-            Db::Postgres(pool) => record!(pool, str::to_owned),
+            Db::Postgres(pool) => pg_record_intents(pool, run_id, dataset, stage, now_us, intents).await,
             Db::Sqlite(pool) => record!(pool, sqlite_sql),
         };
         result.map_err(|e| self.query_err(e))
@@ -242,7 +242,7 @@ impl ControlPlane {
             };
         }
         let result = match &self.db {
-            Db::Postgres(pool) => settle!(pool, str::to_owned),
+            Db::Postgres(pool) => pg_settle(pool, dataset, stage, owner, now_us, backoff, settles).await,
             Db::Sqlite(pool) => settle!(pool, sqlite_sql),
         };
         result.map_err(|e| self.query_err(e))
@@ -272,6 +272,174 @@ impl ControlPlane {
         };
         Ok(result.map_err(|e| self.query_err(e))?.into_iter().map(record).collect())
     }
+}
+
+/// [`ControlPlane::record_intents`] on PostgreSQL: two statements over arrays, whatever the
+/// batch size.
+async fn pg_record_intents(
+    pool: &sqlx::PgPool,
+    run_id: &str,
+    dataset: &str,
+    stage: &str,
+    now_us: i64,
+    intents: &[Intent],
+) -> Result<HashMap<String, KeyLedger>, sqlx::Error> {
+    const INSERT: &str = "INSERT INTO repairs (repair_id, dataset, stage, key_bytes, run_id, applied_us, outcome, \
+                          target_digest, action, first_seen_us) \
+                          SELECT id, $1, $2, k, $3, $4, 'pending', t, a, f \
+                          FROM UNNEST($5::text[], $6::bytea[], $7::text[], $8::text[], $9::int8[]) AS u(id, k, t, a, f) \
+                          ON CONFLICT (repair_id) DO NOTHING RETURNING repair_id";
+    const SELECT: &str = "SELECT r.key_bytes, r.first_seen_us, r.repair_id, r.outcome, r.target_digest FROM repairs r \
+                          JOIN UNNEST($3::bytea[], $4::int8[]) AS u(k, f) ON r.key_bytes = u.k AND r.first_seen_us = u.f \
+                          WHERE r.dataset = $1 AND r.stage = $2";
+    let ids: Vec<&str> = intents.iter().map(|i| i.repair_id.as_str()).collect();
+    let keys: Vec<&[u8]> = intents.iter().map(|i| i.key_bytes.as_slice()).collect();
+    let targets: Vec<Option<String>> = intents.iter().map(|i| i.target_digest.map(hex128)).collect();
+    let actions: Vec<&str> = intents.iter().map(|i| i.action.as_str()).collect();
+    let firsts: Vec<i64> = intents.iter().map(|i| i.first_seen_us).collect();
+    let mut tx = pool.begin().await?;
+    let inserted: std::collections::HashSet<String> = sqlx::query_scalar::<_, String>(INSERT)
+        .bind(dataset)
+        .bind(stage)
+        .bind(run_id)
+        .bind(now_us)
+        .bind(&ids)
+        .bind(&keys)
+        .bind(&targets)
+        .bind(&actions)
+        .bind(&firsts)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+    type LedgerRow = (Vec<u8>, i64, String, String, Option<String>);
+    let rows = sqlx::query_as::<_, LedgerRow>(SELECT)
+        .bind(dataset)
+        .bind(stage)
+        .bind(&keys)
+        .bind(&firsts)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let mut by_entry: HashMap<(Vec<u8>, i64), Vec<(String, String, Option<String>)>> = HashMap::new();
+    for (k, f, id, outcome, target) in rows {
+        by_entry.entry((k, f)).or_default().push((id, outcome, target));
+    }
+    let mut out = HashMap::new();
+    for i in intents {
+        let mut entry = KeyLedger {
+            existed: !inserted.contains(&i.repair_id),
+            ..KeyLedger::default()
+        };
+        for (id, outcome, target) in by_entry
+            .get(&(i.key_bytes.clone(), i.first_seen_us))
+            .into_iter()
+            .flatten()
+        {
+            if *id == i.repair_id {
+                entry.outcome.clone_from(outcome);
+            } else if outcome == "pending" {
+                let target = target.as_deref().and_then(|t| u128::from_str_radix(t, 16).ok());
+                entry.open_intents.push((id.clone(), target));
+            }
+        }
+        out.insert(i.repair_id.clone(), entry);
+    }
+    Ok(out)
+}
+
+/// [`ControlPlane::settle`] on PostgreSQL: the ledger and the queue each updated by one
+/// statement over arrays; backoff and the dead threshold computed in the statement from
+/// each entry's own attempts.
+async fn pg_settle(
+    pool: &sqlx::PgPool,
+    dataset: &str,
+    stage: &str,
+    owner: &str,
+    now_us: i64,
+    backoff: &Backoff,
+    settles: &[Settle],
+) -> Result<Settled, sqlx::Error> {
+    const LEDGER: &str = "UPDATE repairs r SET outcome = CASE WHEN r.outcome = 'applied' THEN r.outcome ELSE u.o END, \
+                          applied_us = $1, applications = r.applications + u.a, repeats = r.repeats + u.p \
+                          FROM UNNEST($2::text[], $3::text[], $4::int8[], $5::int8[]) AS u(id, o, a, p) \
+                          WHERE r.repair_id = u.id";
+    const QUEUE: &str = "UPDATE divergences d SET \
+                         attempts = d.attempts + u.fail, \
+                         state = CASE WHEN u.fail = 1 AND d.attempts + 1 >= $4 THEN 'dead' \
+                                      WHEN u.fail = 1 THEN 'pending' ELSE u.state END, \
+                         next_attempt_us = CASE WHEN u.fail = 1 AND d.attempts + 1 < $4 \
+                             THEN $5 + least($6 * power(2, least(d.attempts, 30)), $7)::int8 * 1000 ELSE 0 END, \
+                         last_error = u.err, owner = NULL, lease_until_us = NULL \
+                         FROM UNNEST($8::bytea[], $9::text[], $10::int8[], $11::text[]) AS u(k, state, fail, err) \
+                         WHERE d.dataset = $1 AND d.stage = $2 AND d.owner = $3 AND d.state = 'leased' AND d.key_bytes = u.k \
+                         RETURNING d.key_bytes, d.state";
+    const RESEEN: &str = "UPDATE divergences SET state = 'pending', next_attempt_us = 0, owner = NULL, \
+                          lease_until_us = NULL, stage_digest = $1, stage_count = $2, kind = $3 \
+                          WHERE dataset = $4 AND stage = $5 AND key_bytes = $6 AND owner = $7 AND state = 'leased' \
+                          RETURNING key_bytes";
+    let updates: Vec<&LedgerUpdate> = settles.iter().flat_map(|s| &s.ledger).collect();
+    let mut tx = pool.begin().await?;
+    if !updates.is_empty() {
+        sqlx::query(LEDGER)
+            .bind(now_us)
+            .bind(updates.iter().map(|l| l.repair_id.as_str()).collect::<Vec<_>>())
+            .bind(updates.iter().map(|l| l.outcome).collect::<Vec<_>>())
+            .bind(updates.iter().map(|l| i64::from(l.applied_now)).collect::<Vec<_>>())
+            .bind(updates.iter().map(|l| i64::from(l.repeat)).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+    }
+    let mut out = Vec::new();
+    for s in settles {
+        if let Some(d) = &s.reseen
+            && let Some(k) = sqlx::query_scalar::<_, Vec<u8>>(RESEEN)
+                .bind((d.stage_count > 0).then(|| hex128(d.stage_sum)))
+                .bind(saturating(d.stage_count))
+                .bind(&d.kind)
+                .bind(dataset)
+                .bind(stage)
+                .bind(&s.key_bytes)
+                .bind(owner)
+                .fetch_optional(&mut *tx)
+                .await?
+        {
+            out.push((k, "pending".to_owned()));
+        }
+    }
+    let plain: Vec<&Settle> = settles.iter().filter(|s| s.reseen.is_none()).collect();
+    if !plain.is_empty() {
+        let (mut keys, mut states, mut fails, mut errors) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for s in &plain {
+            keys.push(s.key_bytes.as_slice());
+            let (state, fail, error) = match &s.settlement {
+                Settlement::Repaired => ("repaired", 0i64, None),
+                Settlement::Resolved => ("resolved", 0, None),
+                Settlement::Stale => ("stale", 0, None),
+                Settlement::Failed { error } => ("pending", 1, Some(error.as_str())),
+            };
+            states.push(state);
+            fails.push(fail);
+            errors.push(error);
+        }
+        let rows = sqlx::query_as::<_, (Vec<u8>, String)>(QUEUE)
+            .bind(dataset)
+            .bind(stage)
+            .bind(owner)
+            .bind(i64::from(backoff.max_attempts))
+            .bind(now_us)
+            .bind(backoff.base_ms as f64)
+            .bind(backoff.max_ms as f64)
+            .bind(&keys)
+            .bind(&states)
+            .bind(&fails)
+            .bind(&errors)
+            .fetch_all(&mut *tx)
+            .await?;
+        out.extend(rows);
+    }
+    tx.commit().await?;
+    Ok(out)
 }
 
 /// One row of the repair ledger.

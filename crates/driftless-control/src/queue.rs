@@ -353,11 +353,14 @@ impl ControlPlane {
         let result = match &self.db {
             Db::Postgres(pool) => {
                 let sql = format!(
-                    "UPDATE divergences d SET state = 'leased', owner = $1, lease_until_us = $2 \
-                     FROM (SELECT key_bytes FROM divergences \
+                    // The claim is a materialized CTE, run once: as a plain sub-select it may be
+                    // re-run for each row it joins, and with SKIP LOCKED every re-run claims
+                    // the next rows, far past the limit.
+                    "WITH c AS MATERIALIZED (SELECT key_bytes FROM divergences \
                            WHERE dataset = $3 AND stage = $4 AND last_run_id = $7 \
                            AND ((state = 'pending' AND next_attempt_us <= $5) OR (state = 'leased' AND lease_until_us <= $5)) \
-                           ORDER BY key_bytes LIMIT $6 FOR UPDATE SKIP LOCKED) c \
+                           ORDER BY key_bytes LIMIT $6 FOR UPDATE SKIP LOCKED) \
+                     UPDATE divergences d SET state = 'leased', owner = $1, lease_until_us = $2 FROM c \
                      WHERE d.dataset = $3 AND d.stage = $4 AND d.key_bytes = c.key_bytes \
                      RETURNING {}",
                     LEASED_COLUMNS

@@ -78,15 +78,6 @@ struct Statements {
 }
 
 impl Statements {
-    fn select(&self, check: &Schema) -> String {
-        format!(
-            "SELECT {} FROM {} WHERE {} FOR UPDATE",
-            sql::select_list(check, true),
-            self.table,
-            self.key_cond
-        )
-    }
-
     fn delete(&self) -> String {
         format!("DELETE FROM {} WHERE {}", self.table, self.key_cond)
     }
@@ -192,6 +183,7 @@ impl PgStore {
     }
 
     /// All of `ops` in one transaction, or the first error (the transaction rolled back).
+    /// The rows of every key are read and locked by one query first.
     async fn apply_in_one(
         &self,
         statements: &Statements,
@@ -201,26 +193,35 @@ impl PgStore {
     ) -> Result<Vec<WriteResult>, String> {
         let err = |e: sqlx::Error| describe_error(&e);
         let mut tx = self.pool.begin().await.map_err(err)?;
-        let select = statements.select(check);
-        let mut results = Vec::with_capacity(ops.len());
-        for op in ops {
-            let key = sql::key_binds(&op.key)?;
-            let rows = bind_key(sqlx::query(&select), &key)
+        let mut keys: Vec<Key> = ops.iter().map(|op| op.key.clone()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let select = keys_in_select(&statements.table, check, true);
+        let mut now: std::collections::HashMap<Key, Aggregate> = std::collections::HashMap::new();
+        let mut scratch = Vec::new();
+        for chunk in keys.chunks(READ_BATCH_KEYS) {
+            let rows = bind_key_arrays(sqlx::query(&select), check, chunk)?
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(err)?;
-            let mut now = Aggregate::default();
-            let mut scratch = Vec::new();
             for row in &rows {
                 let k = self.read_key(check, row).map_err(|e| e.to_string())?;
                 let values = self.read_values(check, row).map_err(|e| e.to_string())?;
-                now.add(hasher.digest_row(k.as_bytes(), &values, &mut scratch));
+                let digest = hasher.digest_row(k.as_bytes(), &values, &mut scratch);
+                now.entry(k).or_default().add(digest);
             }
-            if now != op.seen {
-                results.push(WriteResult::Changed(now));
+        }
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            let held = now.get(&op.key).copied().unwrap_or_default();
+            if held != op.seen {
+                results.push(WriteResult::Changed(held));
                 continue;
             }
-            write_one(&mut tx, statements, op, &key, now.count).await.map_err(err)?;
+            let key = sql::key_binds(&op.key)?;
+            write_one(&mut tx, statements, op, &key, held.count)
+                .await
+                .map_err(err)?;
             results.push(WriteResult::Applied);
         }
         tx.commit().await.map_err(err)?;
@@ -249,61 +250,10 @@ impl PgStore {
         let mut keys = keys.to_vec();
         keys.sort_unstable();
         keys.dedup();
-        let arrays: Vec<String> = schema
-            .key
-            .iter()
-            .enumerate()
-            .map(|(i, c)| match sql::kind(c.ty) {
-                KeyKind::Uuid => format!("${}::text[]::uuid[]", i + 1),
-                k => format!("${}::{}[]", i + 1, k.cast()),
-            })
-            .collect();
-        let text = format!(
-            "SELECT {} FROM {quoted} WHERE ({}) IN (SELECT * FROM UNNEST({})) ORDER BY {}",
-            sql::select_list(schema, true),
-            sql::key_exprs(schema).join(", "),
-            arrays.join(", "),
-            sql::key_exprs(schema).join(", ")
-        );
+        let text = keys_in_select(&quoted, schema, false);
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(READ_BATCH_KEYS) {
-            let mut query = sqlx::query(&text);
-            for (i, c) in schema.key.iter().enumerate() {
-                let parts: Result<Vec<Bind>, String> = chunk
-                    .iter()
-                    .map(|k| {
-                        sql::key_binds(k)?
-                            .into_iter()
-                            .nth(i)
-                            .ok_or_else(|| format!("key {k} has no part for column {:?}", c.name))
-                    })
-                    .collect();
-                let parts = parts.map_err(|r| self.schema_err(r))?;
-                query = match sql::kind(c.ty) {
-                    KeyKind::Int => query.bind(
-                        parts
-                            .into_iter()
-                            .map(|b| if let Bind::Int(v) = b { v } else { 0 })
-                            .collect::<Vec<i64>>(),
-                    ),
-                    KeyKind::Bytes => query.bind(
-                        parts
-                            .into_iter()
-                            .map(|b| if let Bind::Bytes(v) = b { v } else { Vec::new() })
-                            .collect::<Vec<Vec<u8>>>(),
-                    ),
-                    KeyKind::Text | KeyKind::Uuid => query.bind(
-                        parts
-                            .into_iter()
-                            .map(|b| match b {
-                                Bind::Text(s) => s,
-                                Bind::Int(v) => v.to_string(),
-                                Bind::Bytes(_) => String::new(),
-                            })
-                            .collect::<Vec<String>>(),
-                    ),
-                };
-            }
+            let query = bind_key_arrays(sqlx::query(&text), schema, chunk).map_err(|r| self.schema_err(r))?;
             let mut rows = query.fetch(&self.pool);
             while let Some(row) = rows.try_next().await.map_err(|e| self.read_err(&e))? {
                 out.push((self.read_key(schema, &row)?, self.read_values(schema, &row)?));
@@ -375,6 +325,69 @@ impl PgStore {
         groups.retain(|g| g.len() > 1);
         Ok(groups)
     }
+}
+
+/// `SELECT key, values FROM t WHERE key IN (the arrays bound by [`bind_key_arrays`])`, in
+/// key order, optionally locking the rows (`FOR UPDATE`, taken in key order, so two
+/// repairers of one stage never deadlock).
+fn keys_in_select(table: &str, schema: &Schema, lock: bool) -> String {
+    let arrays: Vec<String> = schema
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match sql::kind(c.ty) {
+            KeyKind::Uuid => format!("${}::text[]::uuid[]", i + 1),
+            k => format!("${}::{}[]", i + 1, k.cast()),
+        })
+        .collect();
+    format!(
+        "SELECT {} FROM {table} WHERE ({}) IN (SELECT * FROM UNNEST({})) ORDER BY {}{}",
+        sql::select_list(schema, true),
+        sql::key_exprs(schema).join(", "),
+        arrays.join(", "),
+        sql::key_exprs(schema).join(", "),
+        if lock { " FOR UPDATE" } else { "" }
+    )
+}
+
+/// Binds `keys` as one array per key column.
+fn bind_key_arrays<'q>(
+    mut query: Query<'q, Postgres, PgArguments>,
+    schema: &Schema,
+    keys: &[Key],
+) -> Result<Query<'q, Postgres, PgArguments>, String> {
+    let parts: Vec<Vec<Bind>> = keys.iter().map(sql::key_binds).collect::<Result<_, _>>()?;
+    for (i, c) in schema.key.iter().enumerate() {
+        let column = parts.iter().map(|p| p.get(i));
+        query = match sql::kind(c.ty) {
+            KeyKind::Int => query.bind(
+                column
+                    .map(|b| if let Some(Bind::Int(v)) = b { *v } else { 0 })
+                    .collect::<Vec<i64>>(),
+            ),
+            KeyKind::Bytes => query.bind(
+                column
+                    .map(|b| {
+                        if let Some(Bind::Bytes(v)) = b {
+                            v.clone()
+                        } else {
+                            Vec::new()
+                        }
+                    })
+                    .collect::<Vec<Vec<u8>>>(),
+            ),
+            KeyKind::Text | KeyKind::Uuid => query.bind(
+                column
+                    .map(|b| match b {
+                        Some(Bind::Text(s)) => s.clone(),
+                        Some(Bind::Int(v)) => v.to_string(),
+                        _ => String::new(),
+                    })
+                    .collect::<Vec<String>>(),
+            ),
+        };
+    }
+    Ok(query)
 }
 
 /// Makes one op's write, inside the batch's transaction.

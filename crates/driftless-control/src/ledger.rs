@@ -321,7 +321,9 @@ async fn pg_record_intents(
         .fetch_all(&mut *tx)
         .await?;
     tx.commit().await?;
-    let mut by_entry: HashMap<(Vec<u8>, i64), Vec<(String, String, Option<String>)>> = HashMap::new();
+    /// `(repair_id, outcome, target)` of each ledger row, by queue entry (key, first detection).
+    type ByEntry = HashMap<(Vec<u8>, i64), Vec<(String, String, Option<String>)>>;
+    let mut by_entry: ByEntry = HashMap::new();
     for (k, f, id, outcome, target) in rows {
         by_entry.entry((k, f)).or_default().push((id, outcome, target));
     }

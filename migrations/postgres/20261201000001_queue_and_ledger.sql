@@ -11,7 +11,11 @@ ALTER TABLE divergences ADD COLUMN key_json text NOT NULL DEFAULT '{}';   -- the
 ALTER TABLE divergences ADD COLUMN stage_count bigint NOT NULL DEFAULT 0;
 ALTER TABLE divergences ADD COLUMN next_attempt_us bigint NOT NULL DEFAULT 0;  -- backoff: not leased before
 ALTER TABLE divergences ADD COLUMN last_error text;                       -- why the last attempt failed
-CREATE INDEX divergences_by_state ON divergences (dataset, stage, state, next_attempt_us);
+-- Leasing walks due entries of one run in key order: the pending ones by this partial index
+-- (a repairer's claim reads a few index entries, not every entry of the stage), expired
+-- leases by the next.
+CREATE INDEX divergences_pending ON divergences (dataset, stage, last_run_id, key_bytes) WHERE state = 'pending';
+CREATE INDEX divergences_leased ON divergences (dataset, stage, lease_until_us) WHERE state = 'leased';
 
 -- The ledger. A row is written as `pending` (the intent) before the stage is written and
 -- settled after, so a repairer killed in between finds its intent and checks the stage
@@ -21,7 +25,8 @@ ALTER TABLE repairs ADD COLUMN action text NOT NULL DEFAULT 'put';        -- put
 ALTER TABLE repairs ADD COLUMN first_seen_us bigint NOT NULL DEFAULT 0;   -- the queue entry's first detection
 ALTER TABLE repairs ADD COLUMN applications bigint NOT NULL DEFAULT 0;    -- times a write was made under this id (0 or 1)
 ALTER TABLE repairs ADD COLUMN repeats bigint NOT NULL DEFAULT 0;         -- times it was found applied already
-CREATE INDEX repairs_by_key ON repairs (dataset, stage, key_bytes);
+-- A queue entry's intents, found by key first: selective whatever the statistics say.
+CREATE INDEX repairs_by_key ON repairs (key_bytes, first_seen_us);
 
 -- Runs: what they covered (so `repair --approve RUN_ID` can continue one) and approvals.
 -- Status now: running | consistent | drift | held | failed.

@@ -291,7 +291,7 @@ async fn pg_record_intents(
                           ON CONFLICT (repair_id) DO NOTHING RETURNING repair_id";
     const SELECT: &str = "SELECT r.key_bytes, r.first_seen_us, r.repair_id, r.outcome, r.target_digest FROM repairs r \
                           JOIN UNNEST($3::bytea[], $4::int8[]) AS u(k, f) ON r.key_bytes = u.k AND r.first_seen_us = u.f \
-                          WHERE r.dataset = $1 AND r.stage = $2";
+                          WHERE r.dataset = $1 AND r.stage = $2 AND r.key_bytes = ANY($3)";
     let ids: Vec<&str> = intents.iter().map(|i| i.repair_id.as_str()).collect();
     let keys: Vec<&[u8]> = intents.iter().map(|i| i.key_bytes.as_slice()).collect();
     let targets: Vec<Option<String>> = intents.iter().map(|i| i.target_digest.map(hex128)).collect();
@@ -352,7 +352,8 @@ async fn pg_record_intents(
 
 /// [`ControlPlane::settle`] on PostgreSQL: the ledger and the queue each updated by one
 /// statement over arrays; backoff and the dead threshold computed in the statement from
-/// each entry's own attempts.
+/// each entry's own attempts. Each join to the arrays also names its keys with `= ANY`, so
+/// the rows are found by index even when the planner misjudges a freshly filled queue.
 async fn pg_settle(
     pool: &sqlx::PgPool,
     dataset: &str,
@@ -365,7 +366,7 @@ async fn pg_settle(
     const LEDGER: &str = "UPDATE repairs r SET outcome = CASE WHEN r.outcome = 'applied' THEN r.outcome ELSE u.o END, \
                           applied_us = $1, applications = r.applications + u.a, repeats = r.repeats + u.p \
                           FROM UNNEST($2::text[], $3::text[], $4::int8[], $5::int8[]) AS u(id, o, a, p) \
-                          WHERE r.repair_id = u.id";
+                          WHERE r.repair_id = u.id AND r.repair_id = ANY($2)";
     const QUEUE: &str = "UPDATE divergences d SET \
                          attempts = d.attempts + u.fail, \
                          state = CASE WHEN u.fail = 1 AND d.attempts + 1 >= $4 THEN 'dead' \
@@ -375,6 +376,7 @@ async fn pg_settle(
                          last_error = u.err, owner = NULL, lease_until_us = NULL \
                          FROM UNNEST($8::bytea[], $9::text[], $10::int8[], $11::text[]) AS u(k, state, fail, err) \
                          WHERE d.dataset = $1 AND d.stage = $2 AND d.owner = $3 AND d.state = 'leased' AND d.key_bytes = u.k \
+                         AND d.key_bytes = ANY($8) \
                          RETURNING d.key_bytes, d.state";
     const RESEEN: &str = "UPDATE divergences SET state = 'pending', next_attempt_us = 0, owner = NULL, \
                           lease_until_us = NULL, stage_digest = $1, stage_count = $2, kind = $3 \

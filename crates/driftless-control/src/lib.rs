@@ -167,6 +167,16 @@ impl ControlPlane {
             let pool = PgPoolOptions::new()
                 .max_connections(POOL_CONNECTIONS)
                 .acquire_timeout(Duration::from_secs(CONNECT_TIMEOUT_SECS))
+                // The queue and the ledger grow from nothing within a run, faster than
+                // statistics follow; a plan cached while they were empty (a sequential scan)
+                // would be kept as they grow. Every statement is planned for the table as
+                // it is now instead: a fraction of a millisecond each.
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::Executor::execute(conn, "SET plan_cache_mode = force_custom_plan").await?;
+                        Ok(())
+                    })
+                })
                 .connect_with(options)
                 .await
                 .map_err(|e| open_err(describe(&e)))?;

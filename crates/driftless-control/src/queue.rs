@@ -165,6 +165,18 @@ fn leased_from_row(row: LeasedRow) -> Leased {
     }
 }
 
+/// Which due entries a claim takes.
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    /// Pending, past their backoff.
+    Pending,
+    /// Leased, with the lease expired.
+    Expired,
+}
+
+/// Entries an enqueue adds before PostgreSQL's statistics of the queue are refreshed.
+const ANALYZE_AFTER_ROWS: usize = 1000;
+
 /// Rows per bulk statement on PostgreSQL (arrays bound once per chunk).
 const PG_CHUNK_ROWS: usize = 2000;
 
@@ -205,7 +217,14 @@ impl ControlPlane {
                             .execute(&mut *tx)
                             .await?;
                     }
-                    tx.commit().await
+                    tx.commit().await?;
+                    // A queue that just grew by many entries gets fresh statistics at once,
+                    // so the leases and settlements that follow are planned by index (the
+                    // autovacuum daemon would take up to a minute to notice).
+                    if found.len() >= ANALYZE_AFTER_ROWS {
+                        sqlx::query("ANALYZE divergences").execute(pool).await?;
+                    }
+                    Ok(())
                 }
                 Db::Sqlite(pool) => {
                     let sql = format!(
@@ -349,19 +368,56 @@ impl ControlPlane {
         lease_until_us: i64,
         limit: usize,
     ) -> Result<Vec<Leased>, ControlError> {
+        // Pending entries first, then expired leases: each claim walks its own partial
+        // index, so a claim costs the entries it takes, however long the queue.
+        let mut leased = Vec::new();
+        for due in [Due::Pending, Due::Expired] {
+            let want = limit.saturating_sub(leased.len());
+            if want == 0 {
+                break;
+            }
+            let claimed = self
+                .claim(due, run_id, dataset, stage, owner, now_us, lease_until_us, want)
+                .await
+                .map_err(|e| self.query_err(e))?;
+            leased.extend(claimed);
+        }
+        // RETURNING gives no order; repairs go in key order.
+        leased.sort_by(|a, b| a.detected.key_bytes.cmp(&b.detected.key_bytes));
+        Ok(leased)
+    }
+
+    /// One claim of up to `limit` entries that are `due`.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim(
+        &self,
+        due: Due,
+        run_id: &str,
+        dataset: &str,
+        stage: &str,
+        owner: &str,
+        now_us: i64,
+        lease_until_us: i64,
+        limit: usize,
+    ) -> Result<Vec<Leased>, sqlx::Error> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let result = match &self.db {
+        let which = match due {
+            Due::Pending => "state = 'pending' AND next_attempt_us <= $5",
+            Due::Expired => "state = 'leased' AND lease_until_us <= $5",
+        };
+        let rows = match &self.db {
             Db::Postgres(pool) => {
+                // The claim is a materialized CTE, run once: as a plain sub-select it may be
+                // re-run for each row it joins, and with SKIP LOCKED every re-run claims
+                // the next rows, far past the limit. The update finds the claimed rows by their
+                // `ctid` (stable while their locks are held), which needs no plan: a join on
+                // the key was planned, on a freshly filled queue, as a scan per claimed row.
                 let sql = format!(
-                    // The claim is a materialized CTE, run once: as a plain sub-select it may be
-                    // re-run for each row it joins, and with SKIP LOCKED every re-run claims
-                    // the next rows, far past the limit.
-                    "WITH c AS MATERIALIZED (SELECT key_bytes FROM divergences \
-                           WHERE dataset = $3 AND stage = $4 AND last_run_id = $7 \
-                           AND ((state = 'pending' AND next_attempt_us <= $5) OR (state = 'leased' AND lease_until_us <= $5)) \
+                    "WITH c AS MATERIALIZED (SELECT ctid FROM divergences \
+                           WHERE dataset = $3 AND stage = $4 AND last_run_id = $7 AND {which} \
                            ORDER BY key_bytes LIMIT $6 FOR UPDATE SKIP LOCKED) \
-                     UPDATE divergences d SET state = 'leased', owner = $1, lease_until_us = $2 FROM c \
-                     WHERE d.dataset = $3 AND d.stage = $4 AND d.key_bytes = c.key_bytes \
+                     UPDATE divergences d SET state = 'leased', owner = $1, lease_until_us = $2 \
+                     WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM c)) \
                      RETURNING {}",
                     LEASED_COLUMNS
                         .split(", ")
@@ -378,17 +434,16 @@ impl ControlPlane {
                     .bind(limit)
                     .bind(run_id)
                     .fetch_all(pool)
-                    .await
-                    .map(|rows| rows.into_iter().map(leased_from_row).collect::<Vec<_>>())
+                    .await?
             }
             Db::Sqlite(pool) => {
-                let sql = format!(
-                    "UPDATE divergences SET state = 'leased', owner = ?1, lease_until_us = ?2 \
-                     WHERE rowid IN (SELECT rowid FROM divergences WHERE dataset = ?3 AND stage = ?4 AND last_run_id = ?7 \
-                           AND ((state = 'pending' AND next_attempt_us <= ?5) OR (state = 'leased' AND lease_until_us <= ?5)) \
-                           ORDER BY key_bytes LIMIT ?6) \
+                // One statement holds SQLite's single write lock: no two claims overlap.
+                let sql = sqlite_sql(&format!(
+                    "UPDATE divergences SET state = 'leased', owner = $1, lease_until_us = $2 \
+                     WHERE rowid IN (SELECT rowid FROM divergences WHERE dataset = $3 AND stage = $4 \
+                           AND last_run_id = $7 AND {which} ORDER BY key_bytes LIMIT $6) \
                      RETURNING {LEASED_COLUMNS}"
-                );
+                ));
                 sqlx::query_as::<_, LeasedRow>(&sql)
                     .bind(owner)
                     .bind(lease_until_us)
@@ -398,14 +453,10 @@ impl ControlPlane {
                     .bind(limit)
                     .bind(run_id)
                     .fetch_all(pool)
-                    .await
-                    .map(|rows| rows.into_iter().map(leased_from_row).collect::<Vec<_>>())
+                    .await?
             }
         };
-        let mut leased = result.map_err(|e| self.query_err(e))?;
-        // RETURNING gives no order; repairs go in key order.
-        leased.sort_by(|a, b| a.detected.key_bytes.cmp(&b.detected.key_bytes));
-        Ok(leased)
+        Ok(rows.into_iter().map(leased_from_row).collect())
     }
 
     /// Of the entries run `run_id` detected in a stage and has not settled: how many there

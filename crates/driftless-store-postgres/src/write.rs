@@ -340,11 +340,19 @@ fn keys_in_select(table: &str, schema: &Schema, lock: bool) -> String {
             k => format!("${}::{}[]", i + 1, k.cast()),
         })
         .collect();
+    // One key column: `= ANY`, an index condition whatever the statistics; several: a
+    // row-value semi-join against the arrays.
+    let filter = match arrays.as_slice() {
+        [one] => format!("{} = ANY({one})", sql::key_exprs(schema).join(", ")),
+        _ => format!(
+            "({}) IN (SELECT * FROM UNNEST({}))",
+            sql::key_exprs(schema).join(", "),
+            arrays.join(", ")
+        ),
+    };
     format!(
-        "SELECT {} FROM {table} WHERE ({}) IN (SELECT * FROM UNNEST({})) ORDER BY {}{}",
+        "SELECT {} FROM {table} WHERE {filter} ORDER BY {}{}",
         sql::select_list(schema, true),
-        sql::key_exprs(schema).join(", "),
-        arrays.join(", "),
         sql::key_exprs(schema).join(", "),
         if lock { " FOR UPDATE" } else { "" }
     )

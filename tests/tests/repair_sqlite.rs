@@ -146,7 +146,18 @@ async fn repair_heals_and_dry_run_writes_nothing() {
 
     let scan = run_driftless!(d, &["scan", "--report", "json"]);
     assert_eq!(scan.code, Some(0), "{}", scan.stdout);
-    assert!(divergences(&scan.report()).is_empty());
+    let report = scan.report();
+    assert!(divergences(&report).is_empty());
+    // Every run records each copy's leaves; after the repair the two copies' are equal.
+    let run_id = report["run_id"].as_str().unwrap();
+    let control_plane = control(d).await;
+    let canonical_leaves = control_plane.leaves(run_id, "items", "canonical").await.unwrap();
+    assert!(canonical_leaves.len() > 1);
+    assert_eq!(canonical_leaves.iter().map(|l| l.0).sum::<u64>(), ROWS as u64);
+    assert_eq!(
+        control_plane.leaves(run_id, "items", "test").await.unwrap(),
+        canonical_leaves
+    );
     // Overwrite copies every column, not only the compared ones.
     assert_eq!(table(&d.join("test.db")).await, table(&d.join("canonical.db")).await);
 

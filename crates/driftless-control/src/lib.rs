@@ -287,6 +287,97 @@ impl ControlPlane {
 }
 
 impl ControlPlane {
+    /// Records one copy's leaf aggregates in a run, the drift history of each range. `copy`
+    /// is `canonical` or the stage's name, suffixed `:kind` for a push-down tree, whose sums
+    /// are not comparable with row-digest sums.
+    pub async fn record_leaves(
+        &self,
+        run_id: &str,
+        dataset: &str,
+        copy: &str,
+        leaves: &[(u64, u128)],
+    ) -> Result<(), ControlError> {
+        let result: Result<(), sqlx::Error> = async {
+            match &self.db {
+                Db::Postgres(pool) => {
+                    let (n, counts, sums): (Vec<i32>, Vec<i64>, Vec<String>) = leaves
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (c, s))| (i as i32, queue::saturating(*c), queue::hex128(*s)))
+                        .fold((Vec::new(), Vec::new(), Vec::new()), |mut acc, (i, c, s)| {
+                            acc.0.push(i);
+                            acc.1.push(c);
+                            acc.2.push(s);
+                            acc
+                        });
+                    sqlx::query(
+                        "INSERT INTO leaf_digests (run_id, dataset, copy, leaf, count, sum_hex) \
+                         SELECT $1, $2, $3, l, c, s FROM UNNEST($4::int4[], $5::int8[], $6::text[]) AS u(l, c, s) \
+                         ON CONFLICT (run_id, dataset, copy, leaf) DO UPDATE SET count = excluded.count, sum_hex = excluded.sum_hex",
+                    )
+                    .bind(run_id)
+                    .bind(dataset)
+                    .bind(copy)
+                    .bind(n)
+                    .bind(counts)
+                    .bind(sums)
+                    .execute(pool)
+                    .await
+                    .map(drop)
+                }
+                Db::Sqlite(pool) => {
+                    let mut tx = pool.begin().await?;
+                    for (i, (c, s)) in leaves.iter().enumerate() {
+                        sqlx::query(
+                            "INSERT INTO leaf_digests (run_id, dataset, copy, leaf, count, sum_hex) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                             ON CONFLICT (run_id, dataset, copy, leaf) DO UPDATE SET count = excluded.count, sum_hex = excluded.sum_hex",
+                        )
+                        .bind(run_id)
+                        .bind(dataset)
+                        .bind(copy)
+                        .bind(i as i64)
+                        .bind(queue::saturating(*c))
+                        .bind(queue::hex128(*s))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await
+                }
+            }
+        }
+        .await;
+        result.map_err(|e| self.query_err(e))
+    }
+
+    /// A copy's recorded leaf aggregates in a run, by leaf: `(count, sum)`.
+    pub async fn leaves(&self, run_id: &str, dataset: &str, copy: &str) -> Result<Vec<(u64, u128)>, ControlError> {
+        const SQL: &str =
+            "SELECT count, sum_hex FROM leaf_digests WHERE run_id = $1 AND dataset = $2 AND copy = $3 ORDER BY leaf";
+        let rows: Result<Vec<(i64, String)>, sqlx::Error> = match &self.db {
+            Db::Postgres(pool) => {
+                sqlx::query_as(SQL)
+                    .bind(run_id)
+                    .bind(dataset)
+                    .bind(copy)
+                    .fetch_all(pool)
+                    .await
+            }
+            Db::Sqlite(pool) => {
+                sqlx::query_as(&sqlite_sql(SQL))
+                    .bind(run_id)
+                    .bind(dataset)
+                    .bind(copy)
+                    .fetch_all(pool)
+                    .await
+            }
+        };
+        Ok(rows
+            .map_err(|e| self.query_err(e))?
+            .into_iter()
+            .map(|(c, s)| (c.max(0) as u64, u128::from_str_radix(&s, 16).unwrap_or(0)))
+            .collect())
+    }
+
     /// A run's record and its held stages, or `None` when no run has that id.
     pub async fn run_info(&self, run_id: &str) -> Result<Option<RunInfo>, ControlError> {
         const RUN: &str = "SELECT run_id, mode, status, config_digest, scope FROM runs WHERE run_id = $1";

@@ -37,8 +37,8 @@ use crate::policy::{RepairMode, RepairSettings};
 use crate::repair::{RepairStats, Repairer};
 use crate::report::{DatasetReport, DeadReport, Mode, PlannedReport, StageRepairReport, StageReport};
 use crate::scan::{
-    CopyRef, DatasetPlan, EngineError, Prepared, ScanOptions, canonical_label, diff_range, prepare, resolve_schema,
-    stage_label, stage_plan, stage_report,
+    CopyRef, DatasetPlan, EngineError, Prepared, ROW_TREE, ScanOptions, canonical_label, diff_range, prepare,
+    resolve_schema, stage_label, stage_plan, stage_report,
 };
 
 /// Keys a scoped run compares per point-read batch.
@@ -78,6 +78,35 @@ pub fn now_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Records every tree's leaf aggregates in the control plane: the drift history of each
+/// range, run by run.
+async fn record_leaves(plan: &DatasetPlan, ctx: &RunContext, prepared: &Prepared) -> Result<(), EngineError> {
+    let label = |copy: &str, kind: &str| {
+        if kind == ROW_TREE {
+            copy.to_owned()
+        } else {
+            format!("{copy}:{kind}")
+        }
+    };
+    let mut done = HashSet::new();
+    for ((canonical, tree), (stage, kind)) in prepared.trees.iter().zip(plan.stages.iter().zip(&prepared.kinds)) {
+        for (copy, t) in [(label("canonical", kind), canonical), (label(&stage.name, kind), tree)] {
+            if !done.insert(copy.clone()) {
+                continue;
+            }
+            let leaves: Vec<(u64, u128)> = t.leaves().iter().map(|a| (a.count, a.sum)).collect();
+            ctx.control
+                .record_leaves(&ctx.run_id, &plan.name, &copy, &leaves)
+                .await
+                .map_err(|error| EngineError::Control {
+                    dataset: plan.name.clone(),
+                    error,
+                })?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether a lease owner (`user@host/pid`) is a process of this host that no longer exists.
@@ -126,6 +155,7 @@ pub async fn run_dataset(plan: &DatasetPlan, ctx: &RunContext) -> Result<Dataset
     if let Some(p) = &prepared {
         let canonical_rows = p.trees.first().map_or(0, |(c, _)| c.root().count);
         ctx.metrics.add_rows_digested(&plan.name, "canonical", canonical_rows);
+        record_leaves(plan, ctx, p).await?;
     }
     let mut halted: Option<String> = None;
     let mut stages = Vec::new();

@@ -20,6 +20,8 @@ use crate::report::{DatasetReport, DivergenceReport, StageReport};
 /// Rows a leaf should hold on average. Small leaves make re-reads of divergent ranges
 /// cheap; many leaves make trees larger. A thousand rows per leaf keeps both small.
 pub const DEFAULT_ROWS_PER_LEAF: u64 = 1000;
+/// The kind of a tree whose leaves sum row digests computed here.
+pub const ROW_TREE: &str = "rows";
 /// The most leaves a tree gets, whatever the row count.
 const MAX_LEAVES: u64 = 1 << 16;
 /// Sampled keys per leaf: more samples give more even quantiles.
@@ -140,6 +142,9 @@ pub struct Prepared {
     pub boundaries: Arc<Boundaries>,
     /// Per stage, in plan order: `(canonical tree, stage tree)`.
     pub trees: Vec<(Tree, Tree)>,
+    /// Per stage, what the pair's leaf sums are: `rows` (sums of row digests) or the
+    /// push-down kind both stores computed in place.
+    pub kinds: Vec<&'static str>,
 }
 
 /// What one stage's trees say before any row is re-read.
@@ -207,6 +212,10 @@ pub async fn prepare(plan: &DatasetPlan, schema: Schema, options: &ScanOptions) 
     let mut built = build_trees(plan, &schema, &boundaries, jobs, options).await?;
     // Canonical's trees come first in `built`, the stages' after them in plan order.
     let stage_trees = built.split_off(built.len() - plan.stages.len());
+    let kinds = uses_pushdown
+        .iter()
+        .map(|&p| if p { pushdown.unwrap_or(ROW_TREE) } else { ROW_TREE })
+        .collect();
     let trees = stage_trees
         .into_iter()
         .map(|(in_place, tree)| {
@@ -222,6 +231,7 @@ pub async fn prepare(plan: &DatasetPlan, schema: Schema, options: &ScanOptions) 
         schema,
         boundaries,
         trees,
+        kinds,
     })
 }
 

@@ -173,3 +173,49 @@ fn duplicate_names_are_rejected() {
         &["\"d\" is defined twice", "driftless.toml:8"],
     );
 }
+
+#[test]
+fn bad_repair_settings_name_the_field_and_line() {
+    let with = |table: &str| GOOD_DATASET.replace("name = \"d\"", &format!("name = \"d\"\nrepair = {table}"));
+    assert_clean_error(
+        &scan_with(&with("{ mode = \"rewrite\" }"), &[]),
+        &["driftless.toml:4", "stage \"s\"", "unknown mode \"rewrite\""],
+    );
+    assert_clean_error(
+        &scan_with(&with("{ rate_per_sec = 0.0 }"), &[]),
+        &["driftless.toml:4", "rate_per_sec must be a positive"],
+    );
+    assert_clean_error(
+        &scan_with(&with("{ max_divergence_ratio = 2.0 }"), &[]),
+        &["driftless.toml:4", "max_divergence_ratio must be in (0, 1]"],
+    );
+    assert_clean_error(
+        &scan_with(&with("{ mode = \"compensate\" }"), &[]),
+        &["driftless.toml:4", "needs a `compensate` table"],
+    );
+    assert_clean_error(
+        &scan_with(&with("{ retries = 3 }"), &[]),
+        &["driftless.toml:4", "retries"],
+    );
+    let watermarks = format!("[repair]\nhigh_watermark = 10\nlow_watermark = 20\n{GOOD_DATASET}");
+    assert_clean_error(
+        &scan_with(&watermarks, &[]),
+        &["driftless.toml:3", "low_watermark (20)"],
+    );
+}
+
+#[test]
+fn a_compensating_statement_with_an_unknown_parameter_names_it() {
+    let config = GOOD_DATASET.replace(
+        "name = \"d\"",
+        "name = \"d\"\nrepair = { mode = \"compensate\", compensate = { extra = \"DELETE FROM t WHERE id = :idd\" } }",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    make_db(
+        &dir.path().join("a.db"),
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);",
+    );
+    std::fs::write(dir.path().join("driftless.toml"), config).unwrap();
+    let out = run(dir.path(), &["repair", "--report", "json"]);
+    assert_clean_error(&out, &["dataset \"d\"", "stage \"s\"", "compensate.extra", ":idd"]);
+}

@@ -559,7 +559,12 @@ impl RepairSetup {
         if !stage.store.writable() {
             return Err(EngineError::Input {
                 dataset: plan.name.clone(),
-                reason: format!("stage {:?} was not opened for writing", stage.name),
+                reason: format!(
+                    "stage {:?} is a {} copy, which driftless cannot write yet; give it \
+                     repair = {{ mode = \"report\" }} to detect and report its drift only",
+                    stage.name,
+                    stage.store.kind()
+                ),
             });
         }
         let key = schema.key_names();

@@ -84,6 +84,8 @@ stages = [
 
 [[datasets]]
 name = "assets"
+# Directory copies are scanned; `driftless repair` reports their drift and writes nothing.
+repair = { mode = "report" }
 canonical = { url = "file:canonical-assets" }
 stages = [
   { name = "playground", url = "file:playground-assets" },

@@ -508,3 +508,38 @@ async fn writes_that_keep_failing_are_parked_as_dead_and_reported() {
     assert_eq!(s["repair"]["dead"].as_array().unwrap().len(), 1, "{s}");
     assert!(s["repair"]["outcomes"].get("failed").is_none(), "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn detection_pauses_at_the_high_watermark_while_the_repairer_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    world(d, &["test"]).await;
+    // 60 changed keys in the lower half of the key space, so the trees bound the divergent
+    // keys under the breaker's limit and repair runs while detection goes on.
+    let updated: Vec<i64> = (1..=60).map(|i| i * 30).collect();
+    mutate(&d.join("test.db"), "test", &updated, &[], &[]).await;
+    let run = |high: u64| {
+        config_with(
+            d,
+            &["test"],
+            &format!(
+                "[repair]\nbatch_keys = 4\nhigh_watermark = {high}\nlow_watermark = {}",
+                high / 2
+            ),
+            "repair = { rate_per_sec = 200.0, burst = 4, max_divergence_ratio = 1.0 }",
+        );
+        std::fs::copy(d.join("test.db"), d.join("test.db.orig")).unwrap();
+        let out = run_driftless!(d, &["repair", "--report", "json"]);
+        std::fs::rename(d.join("test.db.orig"), d.join("test.db")).unwrap();
+        std::fs::remove_file(d.join("driftless.db")).unwrap();
+        assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+        let report = out.report();
+        let s = stage(&report, "test").clone();
+        assert_eq!(s["repaired"], 60, "{s}");
+        s["repair"]["detection_paused_secs"].as_f64().unwrap()
+    };
+    // With room for every entry, detection never waits; with room for 4, it does.
+    assert_eq!(run(1_000_000), 0.0);
+    let paused = run(4);
+    assert!(paused > 0.0, "detection never paused at a high watermark of 4");
+}

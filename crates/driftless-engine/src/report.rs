@@ -79,6 +79,9 @@ pub struct StageRepairReport {
     pub planned: Vec<PlannedReport>,
     /// Time detection spent paused by backpressure and writes waited on the rate limit.
     pub held_back_secs: f64,
+    /// Of that, the time detection spent paused because the stage's queue reached the high
+    /// watermark.
+    pub detection_paused_secs: f64,
 }
 
 /// A queue entry parked as dead.

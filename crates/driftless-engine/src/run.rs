@@ -705,6 +705,7 @@ async fn repair_report(
         dead,
         planned,
         held_back_secs: held_back.as_secs_f64(),
+        detection_paused_secs: found.paused.as_secs_f64(),
     })
 }
 

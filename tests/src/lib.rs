@@ -222,3 +222,52 @@ pub async fn fresh_pg_database(name: &str) -> (sqlx::PgPool, String) {
         .expect("connect test db");
     (pool, url.to_string())
 }
+
+/// The report of one stage of the first dataset.
+pub fn stage_of<'a>(report: &'a Json, name: &str) -> &'a Json {
+    report["datasets"][0]["stages"]
+        .as_array()
+        .expect("stages is an array")
+        .iter()
+        .find(|s| s["stage"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {report}"))
+}
+
+/// Starts `driftless-under-test ARGS` in `dir` without waiting, its output captured.
+#[macro_export]
+macro_rules! spawn_driftless {
+    ($dir:expr, $args:expr) => {
+        std::process::Command::new(env!("CARGO_BIN_EXE_driftless-under-test"))
+            .args($args)
+            .current_dir($dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the binary starts")
+    };
+}
+
+/// Waits (at most 30 s) until the SQLite control plane at `db` holds `n` queue entries.
+pub async fn wait_for_queued(db: &Path, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while sqlite_rows(db, "SELECT count(*) FROM divergences").await != vec![vec![n.to_string()]] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never queued {n} divergences"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The JSON report a finished child printed, after checking its exit code.
+pub fn finished_report(child: std::process::Child, code: i32) -> Json {
+    let out = child.wait_with_output().expect("the child finishes");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).expect("the report is JSON")
+}

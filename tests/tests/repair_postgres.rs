@@ -112,12 +112,7 @@ async fn dump(pool: &PgPool, table: &str) -> Vec<String> {
 }
 
 fn stage<'a>(report: &'a Json, name: &str) -> &'a Json {
-    report["datasets"][0]["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stage"] == name)
-        .unwrap_or_else(|| panic!("no stage {name} in {report}"))
+    driftless_tests::stage_of(report, name)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -207,22 +202,8 @@ async fn a_concurrent_postgres_writer_keeps_its_newer_values() {
     let control = driftless_control::ControlPlane::connect(&format!("sqlite://{}", d.join("driftless.db").display()))
         .await
         .unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_driftless-under-test"))
-        .args(["repair", "--report", "json"])
-        .current_dir(d)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while sqlite_rows(&d.join("driftless.db"), "SELECT count(*) FROM divergences").await != vec![vec!["30".to_owned()]]
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the repair never queued its divergences"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let child = driftless_tests::spawn_driftless!(d, ["repair", "--report", "json"]);
+    driftless_tests::wait_for_queued(&d.join("driftless.db"), 30).await;
     drop(control);
     // Keys repaired last (about 2.5 s from now), rewritten by another writer now.
     let newer = &updated[25..];
@@ -233,15 +214,7 @@ async fn a_concurrent_postgres_writer_keeps_its_newer_values() {
     .execute(&staged)
     .await
     .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Json = serde_json::from_str(&stdout).unwrap();
+    let report = driftless_tests::finished_report(child, 2);
     let s = stage(&report, "pg");
     let skipped: BTreeSet<String> = s["repair"]["skipped_newer"]
         .as_array()

@@ -58,23 +58,12 @@ async fn mutate(db: &Path, stage: &str, updated: &[i64], deleted: &[i64], insert
     expected
 }
 
-fn config(dir: &Path, stages: &[&str], extra: &str) -> PathBuf {
-    let mut text = format!(
-        "{extra}\n[[datasets]]\nname = \"items\"\ncanonical = {{ url = \"sqlite://canonical.db\", table = \"items\" }}\n\
-         stages = [\n"
-    );
-    for s in stages {
-        text.push_str(&format!(
-            "  {{ name = \"{s}\", url = \"sqlite://{s}.db\", table = \"items\" }},\n"
-        ));
-    }
-    text.push_str("]\n");
-    let path = dir.join("driftless.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+fn config(dir: &Path, stages: &[&str], top: &str) -> PathBuf {
+    config_with(dir, stages, top, "")
 }
 
-/// Like [`config`], with the dataset's `repair` table and other dataset fields in `dataset`.
+/// A config of the `items` dataset and its stages, with run-wide tables in `top` and more
+/// dataset fields (its `repair` table, `dedupe_key`, ...) in `dataset`.
 fn config_with(dir: &Path, stages: &[&str], top: &str, dataset: &str) -> PathBuf {
     let mut text = format!(
         "{top}\n[[datasets]]\nname = \"items\"\n{dataset}\ncanonical = {{ url = \"sqlite://canonical.db\", table = \"items\" }}\n\
@@ -96,12 +85,7 @@ async fn table(db: &Path) -> Vec<Vec<String>> {
 }
 
 fn stage<'a>(report: &'a Json, name: &str) -> &'a Json {
-    report["datasets"][0]["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stage"] == name)
-        .unwrap_or_else(|| panic!("no stage {name} in {report}"))
+    driftless_tests::stage_of(report, name)
 }
 
 async fn control(dir: &Path) -> ControlPlane {
@@ -187,25 +171,10 @@ async fn a_concurrent_writer_keeps_its_newer_values() {
     );
     // The control plane exists (and is migrated) before the repair starts.
     let control = control(d).await;
-    let bin = env!("CARGO_BIN_EXE_driftless-under-test");
-    let child = std::process::Command::new(bin)
-        .args(["repair", "--report", "json"])
-        .current_dir(d)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = driftless_tests::spawn_driftless!(d, ["repair", "--report", "json"]);
     // Once the run has queued its divergences, a writer updates the last five keys.
     let newer: Vec<i64> = updated[35..].to_vec();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while sqlite_rows(&d.join("driftless.db"), "SELECT count(*) FROM divergences").await != vec![vec!["40".to_owned()]]
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the repair never queued its divergences"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    driftless_tests::wait_for_queued(&d.join("driftless.db"), 40).await;
     let writes: String = newer
         .iter()
         .map(|id| format!("UPDATE items SET note = 'writer {id}' WHERE id = {id};"))
@@ -213,15 +182,7 @@ async fn a_concurrent_writer_keeps_its_newer_values() {
     sqlite_exec(&d.join("test.db"), &writes).await;
     drop(control);
 
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Json = serde_json::from_str(&stdout).unwrap();
+    let report = driftless_tests::finished_report(child, 2);
     let s = stage(&report, "test");
     let skipped: BTreeSet<String> = s["repair"]["skipped_newer"]
         .as_array()

@@ -248,7 +248,8 @@ impl Value {
 // The `encode_*` functions write what [`Value::encode`] writes for the matching variant,
 // without building a value: stores call them on the hot path of a scan.
 
-fn parse_hex(s: &str) -> Option<Vec<u8>> {
+/// Bytes from hex digits (an even number of them, either case).
+pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }

@@ -202,7 +202,11 @@ pub fn key_from_json(schema: &Schema, json: &Json) -> Result<Key, String> {
             (LogicalType::Number | LogicalType::Any, Json::Number(n)) => KeyPart::Int(n.as_i64().ok_or_else(bad)?),
             (LogicalType::Number, Json::String(s)) => KeyPart::Int(s.trim().parse().map_err(|_| bad())?),
             (LogicalType::Uuid, Json::String(s)) => KeyPart::Uuid(driftless_core::key::parse_uuid(s).ok_or_else(bad)?),
-            (LogicalType::Bytes, Json::String(s)) => KeyPart::Bytes(parse_hex(s).ok_or_else(bad)?),
+            (LogicalType::Bytes, Json::String(s)) => KeyPart::Bytes(
+                s.strip_prefix("\\x")
+                    .and_then(driftless_core::value::parse_hex)
+                    .ok_or_else(bad)?,
+            ),
             (LogicalType::Text | LogicalType::Any, Json::String(s)) => KeyPart::Text(s.clone()),
             (LogicalType::Text, Json::Number(n)) => KeyPart::Text(n.to_string()),
             _ => return Err(bad()),
@@ -210,18 +214,6 @@ pub fn key_from_json(schema: &Schema, json: &Json) -> Result<Key, String> {
         parts.push(part);
     }
     Ok(Key::from_parts(&parts))
-}
-
-/// `\x` and hex digits, as reports print bytes.
-fn parse_hex(s: &str) -> Option<Vec<u8>> {
-    let hex = s.strip_prefix("\\x")?;
-    if !hex.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

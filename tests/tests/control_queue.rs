@@ -138,3 +138,16 @@ async fn postgres_queue_leases_are_bounded_and_exclusive() {
     let (_, url) = fresh_pg_database("queue_control").await;
     exercise(ControlPlane::connect(&url).await.unwrap()).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn processes_opening_a_new_sqlite_control_plane_together_all_succeed() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let opened = futures::future::join_all((0..6).map(|_| ControlPlane::connect(&url))).await;
+        for o in opened {
+            let control = o.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert!(control.runs().await.unwrap().is_empty());
+        }
+    }
+}

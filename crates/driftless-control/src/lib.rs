@@ -152,6 +152,13 @@ impl ControlPlane {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .busy_timeout(Duration::from_secs(SQLITE_BUSY_TIMEOUT_SECS));
+            // sqlx takes no lock while migrating a SQLite database, and switching a new
+            // file to WAL needs it alone: processes opening a new control plane together
+            // would collide. A lock file beside the database makes them take turns at
+            // opening and migrating.
+            let _turn = migration_lock(options.get_filename().to_path_buf())
+                .await
+                .map_err(|e| open_err(format!("cannot lock for migration: {e}")))?;
             let pool = SqlitePoolOptions::new()
                 .max_connections(POOL_CONNECTIONS)
                 .connect_with(options)
@@ -458,6 +465,28 @@ where
         .bind(&run.config_digest)
         .bind(run.started_us)
         .bind(&run.scope)
+}
+
+/// An exclusive lock on `<database>-migrate.lock`, held until dropped; none for an
+/// in-memory database. The wait for it happens on a blocking thread, never on the runtime
+/// (the holder's migration needs the runtime to finish).
+async fn migration_lock(database: std::path::PathBuf) -> std::io::Result<Option<std::fs::File>> {
+    if database.as_os_str().is_empty() || database.to_string_lossy().starts_with(":memory:") {
+        return Ok(None);
+    }
+    let mut name = database.into_os_string();
+    name.push("-migrate.lock");
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::path::PathBuf::from(name))?;
+        file.lock()?;
+        Ok(Some(file))
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// A sqlx error without the connection URL.

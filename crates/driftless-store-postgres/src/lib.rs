@@ -229,6 +229,28 @@ async fn digest_rows(mut digester: RowDigester, rows: Vec<PgRow>) -> Result<(Row
     .map_err(|e| format!("digest task failed: {e}"))?
 }
 
+/// Runs the push-down query over `leaves` leaves. The planner cannot tell how many groups
+/// `width_bucket` makes and plans for one per row: with the default `work_mem` it sorts the
+/// whole table on disk instead of hashing a few thousand groups. A read-only transaction
+/// gives the aggregate the memory its leaves need and rules the sort out.
+async fn pushdown_rows(
+    pool: &PgPool,
+    text: &str,
+    thresholds: pushdown::Thresholds,
+    leaves: usize,
+) -> Result<Vec<PgRow>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let work_mem = format!("SET LOCAL work_mem = '{}kB'", pushdown::work_mem_kib(leaves));
+    // One statement each: sqlx's multi-statement `raw_sql` on a transaction is not `Send`
+    // for async-trait.
+    for setting in ["SET TRANSACTION READ ONLY", &work_mem, "SET LOCAL enable_sort = off"] {
+        sqlx::query(setting).persistent(false).execute(&mut *tx).await?;
+    }
+    let rows = thresholds.bind_to(sqlx::query(text)).fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
 /// A sqlx error as a message that never carries the connection URL.
 fn describe_error(e: &sqlx::Error) -> String {
     match e {
@@ -457,9 +479,7 @@ impl Store for PgStore {
             .collect::<Result<Vec<_>, _>>()?;
         let (text, thresholds) =
             pushdown::query(&quoted, schema, &columns, boundaries).map_err(|r| self.schema_err(r))?;
-        let rows = thresholds
-            .bind_to(sqlx::query(&text))
-            .fetch_all(&self.pool)
+        let rows = pushdown_rows(&self.pool, &text, thresholds, boundaries.leaf_count())
             .await
             .map_err(|e| self.read_err(&e))?;
         let mut leaves = vec![Aggregate::default(); boundaries.leaf_count()];

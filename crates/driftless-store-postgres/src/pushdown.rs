@@ -41,6 +41,10 @@ const SEED_BASE: i64 = 0x5eed_d1f7_0000;
 /// Hash of NULL in the first column; column `i` uses `NULL_BASE + i`.
 const NULL_BASE: i64 = 0x6e75_6c6c_0000;
 
+/// `work_mem` of the grouped query: a base, plus some per leaf.
+const WORK_MEM_BASE_KIB: usize = 16 * 1024;
+const WORK_MEM_PER_LEAF_KIB: usize = 2;
+
 /// A column of this copy as push-down hashes it.
 #[derive(Debug, Clone)]
 pub struct HashedColumn<'a> {
@@ -138,6 +142,12 @@ pub fn query(
         let from = two_level_from(table, &encoded, &hash, "bytea", group);
         Ok((grouped(from), Thresholds::Bytes(coarse, groups, fine)))
     }
+}
+
+/// `work_mem` for the grouped query over `leaves` leaves: room for every group's state
+/// (about half a KiB each, measured), with a margin.
+pub fn work_mem_kib(leaves: usize) -> usize {
+    WORK_MEM_BASE_KIB + leaves * WORK_MEM_PER_LEAF_KIB
 }
 
 /// A leaf aggregate from one result row: the row count and the sum of 64-bit row hashes

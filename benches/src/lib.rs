@@ -11,9 +11,11 @@
 //! - [`report`]: reads the divergences out of a `driftless scan --report json` report.
 //! - [`sqlite_data`]: the SQLite copies of the `sqlite-*` scenarios.
 //! - [`files_data`]: the directory trees of the `files-100k` scenario.
+//! - [`pg_data`]: the PostgreSQL databases of the `postgres-*` scenarios.
 
 pub mod files_data;
 pub mod measure;
+pub mod pg_data;
 pub mod report;
 pub mod rng;
 pub mod sqlite_data;

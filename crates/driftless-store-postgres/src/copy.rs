@@ -1,31 +1,32 @@
 //! Whole-copy reads through `COPY (SELECT ...) TO STDOUT (FORMAT binary)`: trees, and
 //! samples of keys.
 //!
-//! The async side only moves the server's `CopyData` messages (one per row) into batches and
-//! hands them over a bounded channel; a blocking thread parses the tuples, digests them and
-//! adds them to leaves, so the runtime never hashes. Leaf aggregates do not depend on row
-//! order, and every row finds its leaf by comparing encoded key bytes in Rust
-//! ([`LeafBuilder`], the same comparison as `Boundaries::leaf_of`), so the query needs no
+//! The async side only copies the server's `CopyData` messages (one per row) into buffers of
+//! a quarter MiB and hands them over a bounded channel; a blocking thread parses the tuples,
+//! digests them and adds them to leaves, so the runtime never hashes. Leaf aggregates do not
+//! depend on row order, and every row finds its leaf by comparing keys in Rust
+//! ([`LeafBuilder`] on encoded keys, the same comparison as `Boundaries::leaf_of`, or
+//! [`IntLeaves`] on integers, whose encoding preserves their order), so the query needs no
 //! `ORDER BY`: the server streams the table in whatever order it stores it, with no sort
 //! and no index scan, and no server collation is involved.
 
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use driftless_core::tree::LeafBuilder;
-use driftless_core::{Boundaries, RowHasher, Tree};
+use driftless_core::{Aggregate, Boundaries, Digest, KeyPart, RowHasher, Tree};
 use driftless_store::Progress;
 use futures::StreamExt as _;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
 use crate::describe_error;
-use crate::row::{Fields, RowDigester, RowPlan};
+use crate::row::{Fields, RowDigester, RowPlan, int_key, int_key_agrees};
+use crate::wire;
 
-/// `CopyData` messages (rows) the reader batches before handing them to the fold thread.
-const ROWS_PER_BATCH: usize = 2048;
-/// Batches the reader may run ahead of the fold thread.
-const BATCHES_AHEAD: usize = 8;
+/// Bytes of COPY output the reader gathers before handing them to the fold thread.
+const BUFFER_BYTES: usize = 256 * 1024;
+/// Buffers the reader may fill ahead of the fold thread.
+const BUFFERS_AHEAD: usize = 4;
 /// The signature that opens binary COPY output.
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 
@@ -41,6 +42,20 @@ pub async fn copy_tree(
 ) -> Result<Tree, String> {
     let query = format!("SELECT {} FROM {table}", plan.select);
     let width = plan.width();
+    if plan.keys().is_single_int()
+        && int_key_agrees()
+        && let Some(leaves) = IntLeaves::new(&boundaries)
+    {
+        let state = (RowDigester::new(plan, hasher), leaves);
+        let (_, leaves) = copy_fold(pool, &query, width, state, progress, |(digester, leaves), row| {
+            let v = wire::int(row.field(0)?.ok_or("NULL in a key column")?)?;
+            let digest = digester.digest(&int_key(v), row)?;
+            leaves.add(v, digest);
+            Ok(())
+        })
+        .await?;
+        return Ok(leaves.finish());
+    }
     let state = (RowDigester::new(plan, hasher), LeafBuilder::new(boundaries));
     let (_, leaves) = copy_fold(pool, &query, width, state, progress, |(digester, leaves), row| {
         let key = digester.key(row)?;
@@ -50,6 +65,49 @@ pub async fn copy_tree(
     })
     .await?;
     Ok(leaves.finish())
+}
+
+/// [`LeafBuilder`] for single integer keys, comparing integers instead of encoded keys
+/// (the encoding preserves their order, so the leaves are the same).
+#[derive(Debug)]
+struct IntLeaves {
+    bounds: Vec<i64>,
+    leaves: Vec<Aggregate>,
+    current: usize,
+}
+
+impl IntLeaves {
+    /// Leaves over `boundaries`, if every boundary is one integer.
+    fn new(boundaries: &Boundaries) -> Option<IntLeaves> {
+        let bounds = boundaries
+            .keys()
+            .iter()
+            .map(|k| match k.parts().ok()?.as_slice() {
+                [KeyPart::Int(v)] => Some(*v),
+                _ => None,
+            })
+            .collect::<Option<Vec<i64>>>()?;
+        Some(IntLeaves {
+            leaves: vec![Aggregate::default(); bounds.len() + 1],
+            bounds,
+            current: 0,
+        })
+    }
+
+    #[inline]
+    fn add(&mut self, v: i64, digest: Digest) {
+        let c = self.current;
+        let in_current =
+            c.checked_sub(1).is_none_or(|j| self.bounds[j] <= v) && self.bounds.get(c).is_none_or(|&hi| v < hi);
+        if !in_current {
+            self.current = self.bounds.partition_point(|&b| b <= v);
+        }
+        self.leaves[self.current].add(digest);
+    }
+
+    fn finish(self) -> Tree {
+        Tree::from_leaves(self.leaves)
+    }
 }
 
 /// Runs `COPY ({query}) TO STDOUT (FORMAT binary)` and folds every row of `width` fields
@@ -67,14 +125,21 @@ where
     F: FnMut(&mut S, &Tuple<'_>) -> Result<(), String> + Send + 'static,
 {
     let sql = format!("COPY ({query}) TO STDOUT (FORMAT binary)");
-    let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(BATCHES_AHEAD);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(BUFFERS_AHEAD);
+    // Parsed buffers go back to the reader to be filled again.
+    let (recycle, mut recycled) = mpsc::unbounded_channel::<Vec<u8>>();
     let fold = tokio::task::spawn_blocking(move || {
         let mut reader = CopyReader::new(width);
-        while let Some(batch) = rx.blocking_recv() {
-            for chunk in &batch {
-                reader.feed(chunk, &mut |row| on_row(&mut state, row))?;
-            }
-            progress.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        while let Some(mut buffer) = rx.blocking_recv() {
+            let mut rows = 0;
+            reader.feed(&buffer, &mut |row| {
+                rows += 1;
+                on_row(&mut state, row)
+            })?;
+            progress.fetch_add(rows, Ordering::Relaxed);
+            buffer.clear();
+            // The reader may be gone already; then the buffer is just dropped.
+            let _ = recycle.send(buffer);
         }
         reader.finish()?;
         Ok::<_, String>(state)
@@ -84,17 +149,23 @@ where
     let mut complete = false;
     let read = async {
         let mut stream = conn.copy_out_raw(&sql).await?;
-        let mut batch = Vec::with_capacity(ROWS_PER_BATCH);
+        let fresh = || Vec::with_capacity(BUFFER_BYTES + BUFFER_BYTES / 4);
+        let mut buffer = fresh();
         while let Some(chunk) = stream.next().await {
-            batch.push(chunk?);
-            if batch.len() == ROWS_PER_BATCH && tx.send(std::mem::take(&mut batch)).await.is_err() {
-                // The fold stopped on an error, which it reports.
-                return Ok(());
+            // Copied here and dropped on this thread: sqlx's chunks share one reference
+            // count, which would bounce between the cores if the fold thread dropped them.
+            buffer.extend_from_slice(&chunk?);
+            if buffer.len() >= BUFFER_BYTES {
+                let next = recycled.try_recv().unwrap_or_else(|_| fresh());
+                if tx.send(std::mem::replace(&mut buffer, next)).await.is_err() {
+                    // The fold stopped on an error, which it reports.
+                    return Ok(());
+                }
             }
         }
         complete = true;
         // A closed channel here also means the fold has an error to report.
-        let _ = tx.send(batch).await;
+        let _ = tx.send(buffer).await;
         Ok::<_, sqlx::Error>(())
     }
     .await;

@@ -48,6 +48,11 @@ impl KeyReader {
         self.kinds.len()
     }
 
+    /// Whether the key is one integer column, which [`int_key`] encodes.
+    pub fn is_single_int(&self) -> bool {
+        self.kinds == [KeyKind::Int]
+    }
+
     /// The row's key.
     #[inline]
     pub fn read(&self, row: &impl Fields) -> Result<Key, String> {
@@ -57,6 +62,30 @@ impl KeyReader {
         }
         Ok(key.finish())
     }
+}
+
+/// Tag and width of an integer key part in `driftless_core::key`'s encoding.
+const INT_KEY_TAG: u8 = 0x10;
+pub const INT_KEY_BYTES: usize = 9;
+
+/// The encoded key of a single integer, as [`KeyBuilder::push_int`] writes it (a tag, then
+/// the big-endian value with its sign bit flipped), on the stack: whole-copy scans of
+/// integer keys build no `Key` per row. [`int_key_agrees`] checks the two agree.
+#[inline]
+pub fn int_key(v: i64) -> [u8; INT_KEY_BYTES] {
+    let mut out = [0u8; INT_KEY_BYTES];
+    out[0] = INT_KEY_TAG;
+    out[1..].copy_from_slice(&((v as u64) ^ (1 << 63)).to_be_bytes());
+    out
+}
+
+/// Whether [`int_key`] still writes what the core's key encoding writes.
+pub fn int_key_agrees() -> bool {
+    [0, 1, -1, 42, i64::MIN, i64::MAX].into_iter().all(|v| {
+        let mut key = KeyBuilder::default();
+        key.push_int(v);
+        key.finish().as_bytes() == int_key(v)
+    })
 }
 
 /// What a scan selects from one copy, and how it decodes each field.
@@ -94,6 +123,11 @@ impl RowPlan {
             names: schema.values.iter().map(|c| c.name.clone()).collect(),
             select,
         }
+    }
+
+    /// How keys are read.
+    pub fn keys(&self) -> &KeyReader {
+        &self.keys
     }
 
     /// Fields a row has.
@@ -159,5 +193,15 @@ impl RowDigester {
                 .map_err(|e| format!("compared column {:?}: {e}", self.plan.names[i]))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_keys_encode_as_the_core_encodes_them() {
+        assert!(int_key_agrees());
     }
 }

@@ -232,7 +232,7 @@ fn utf8(raw: &[u8]) -> Result<&str, String> {
 
 /// A binary `smallint`, `integer` or `bigint`, told apart by width.
 #[inline]
-fn int(raw: &[u8]) -> Result<i64, String> {
+pub fn int(raw: &[u8]) -> Result<i64, String> {
     Ok(match raw.len() {
         8 => i64::from_be_bytes(fixed(raw)?),
         4 => i64::from(i32::from_be_bytes(fixed(raw)?)),

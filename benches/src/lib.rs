@@ -1,7 +1,7 @@
 //! Support for the driftless benchmarks.
 //!
 //! The criterion benchmark (`benches/digest.rs`) measures the digest engine in memory; the
-//! end-to-end harness (`src/bin/e2e.rs`, binary `driftless-e2e-bench`) builds copies on disk
+//! end-to-end harness (`src/bin/e2e/`, binary `driftless-e2e-bench`) builds copies on disk
 //! and times the release `driftless` binary against them. This library holds what the
 //! harness needs and what the two share:
 //!

@@ -453,3 +453,50 @@ async fn pushdown_places_every_kind_of_key_like_leaf_of() {
         assert_eq!(counts(&pushed), counts(&pulled), "{table} with {leaves} leaves");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn samples_spread_over_tables_views_and_small_tables() {
+    let (pool, url) = fresh_database("driftless_samples").await;
+    sqlx::raw_sql(
+        "CREATE TABLE big (id int8 PRIMARY KEY, pad text);
+         INSERT INTO big SELECT g, repeat('x', g % 300) FROM generate_series(1, 50000) g;
+         CREATE VIEW big_view AS SELECT * FROM big;
+         CREATE TABLE small (id int8 PRIMARY KEY);
+         INSERT INTO small SELECT generate_series(1, 900);
+         CREATE TABLE holes (id int8 PRIMARY KEY);
+         INSERT INTO holes SELECT generate_series(1, 100000);
+         DELETE FROM holes WHERE (ctid::text::point)[1] <= 8;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // `holes` has lost the first rows of every page, which the tuple-id sample reads, so it
+    // is sampled by TABLESAMPLE BERNOULLI instead.
+    let holes: i64 = sqlx::query_scalar("SELECT count(*) FROM holes")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // (table, keys asked for, rows, largest key)
+    for (table, max, rows, last) in [
+        ("big", 1000, 50_000, 50_000),
+        ("big_view", 1000, 50_000, 50_000),
+        ("small", 300, 900, 900),
+        ("holes", 1000, holes as u64, 100_000),
+    ] {
+        let store = PgStore::open(&url, table).await.unwrap();
+        let schema = store.schema(&["id".to_owned()], None).await.unwrap();
+        let sample = store.sample_keys(&schema, max).await.unwrap();
+        assert_eq!(sample.rows, rows, "{table}");
+        let n = sample.keys.len();
+        assert!(n > max / 2 && n < max * 2, "{table}: {n} keys for {max}");
+        // Spread: every tenth of the key range holds at least half its share of the sample.
+        let mut per_tenth = [0usize; 10];
+        for key in &sample.keys {
+            match key.parts().unwrap()[0] {
+                driftless_core::KeyPart::Int(v) => per_tenth[((v - 1) * 10 / last) as usize] += 1,
+                _ => unreachable!("integer keys"),
+            }
+        }
+        assert!(per_tenth.iter().all(|&c| c * 20 >= n), "{table}: {per_tenth:?}");
+    }
+}

@@ -20,6 +20,7 @@
 mod copy;
 mod pushdown;
 mod row;
+mod sample;
 mod sql;
 mod wire;
 
@@ -37,7 +38,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions as _, Executor, Row};
 
 use crate::pushdown::HashedColumn;
-use crate::row::{KeyReader, RowDigester, RowPlan};
+use crate::row::{RowDigester, RowPlan};
 use crate::sql::KeyKind;
 
 /// Rows a range scan digests per batch (one trip to a blocking thread).
@@ -365,32 +366,7 @@ impl Store for PgStore {
         if max == 0 {
             return Ok(Sample { keys: Vec::new(), rows });
         }
-        // A Bernoulli sample reads every page but returns only the sampled keys; small tables
-        // are read whole, every n-th key kept.
-        let (text, stride) = if rows > 4 * max as u64 {
-            let percent = (max as f64 * 100.0 / rows as f64).min(100.0);
-            (sql::sample_select(&quoted, schema, percent), 1)
-        } else {
-            (sql::key_select(&quoted, schema), (rows / max as u64).max(1))
-        };
-        let reader = KeyReader::new(schema);
-        let state = (Vec::new(), 0u64);
-        let (keys, _) = copy::copy_fold(
-            &self.pool,
-            &text,
-            reader.width(),
-            state,
-            Progress::default(),
-            move |(keys, n), row| {
-                if n.is_multiple_of(stride) {
-                    keys.push(reader.read(row)?);
-                }
-                *n += 1;
-                Ok(())
-            },
-        )
-        .await
-        .map_err(|r| self.read_failed(r))?;
+        let keys = self.sample(&quoted, schema, rows, max).await?;
         Ok(Sample { keys, rows })
     }
 

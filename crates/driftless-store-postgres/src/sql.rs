@@ -144,6 +144,11 @@ pub fn key_select(table: &str, schema: &Schema) -> String {
     )
 }
 
+/// The key columns as a select list.
+pub fn key_list(schema: &Schema) -> String {
+    select_list(schema, false)
+}
+
 /// About `percent` of the keys, in no particular order.
 pub fn sample_select(table: &str, schema: &Schema, percent: f64) -> String {
     format!(

@@ -48,10 +48,12 @@ const POOL_CONNECTIONS: u32 = 4;
 /// How long opening a copy may wait for a connection.
 const CONNECT_TIMEOUT_SECS: u64 = 10;
 /// Session settings that make the text form of every value canonical enough to normalise
-/// (pull mode's `::text` columns, push-down's text hashes) and keep plans per execution.
+/// (pull mode's `::text` columns, push-down's text hashes), keep string literals literal
+/// (the `bytea` literals of push-down's key encoding) and plan every execution afresh.
 const SESSION_SETTINGS: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
      SET extra_float_digits = 1; SET bytea_output = 'hex'; SET IntervalStyle = 'iso_8601'; \
-     SET lc_monetary = 'C'; SET plan_cache_mode = force_custom_plan";
+     SET lc_monetary = 'C'; SET standard_conforming_strings = on; \
+     SET plan_cache_mode = force_custom_plan";
 /// The environment variable that turns push-down off when set to `off`, `0` or `false`.
 pub const PUSHDOWN_ENV: &str = "DRIFTLESS_POSTGRES_PUSHDOWN";
 

@@ -1,7 +1,7 @@
 //! Support for the driftless benchmarks.
 //!
 //! The criterion benchmark (`benches/digest.rs`) measures the digest engine in memory; the
-//! end-to-end harness (`src/bin/e2e.rs`, binary `driftless-e2e-bench`) builds copies on disk
+//! end-to-end harness (`src/bin/e2e/`, binary `driftless-e2e-bench`) builds copies on disk
 //! and times the release `driftless` binary against them. This library holds what the
 //! harness needs and what the two share:
 //!
@@ -11,9 +11,11 @@
 //! - [`report`]: reads the divergences out of a `driftless scan --report json` report.
 //! - [`sqlite_data`]: the SQLite copies of the `sqlite-*` scenarios.
 //! - [`files_data`]: the directory trees of the `files-100k` scenario.
+//! - [`pg_data`]: the PostgreSQL databases of the `postgres-*` scenarios.
 
 pub mod files_data;
 pub mod measure;
+pub mod pg_data;
 pub mod report;
 pub mod rng;
 pub mod sqlite_data;

@@ -8,7 +8,7 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -40,6 +40,16 @@ pub struct Sample {
     pub stderr: String,
 }
 
+/// How a child runs, beyond its arguments.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// Environment variables set for the child.
+    pub env: Vec<(String, String)>,
+    /// Send the child's standard output to `/dev/null` instead of keeping it (for children
+    /// that write hundreds of megabytes).
+    pub discard_stdout: bool,
+}
+
 /// Runs child processes, under GNU time when it is installed.
 #[derive(Debug)]
 pub struct Runner {
@@ -65,6 +75,17 @@ impl Runner {
 
     /// Runs `program args` in `cwd` to completion.
     pub fn run<S: AsRef<OsStr>>(&self, program: &Path, args: &[S], cwd: &Path) -> Result<Sample> {
+        self.run_with(program, args, cwd, &Options::default())
+    }
+
+    /// Runs `program args` in `cwd` to completion, with `options`.
+    pub fn run_with<S: AsRef<OsStr>>(
+        &self,
+        program: &Path,
+        args: &[S],
+        cwd: &Path,
+        options: &Options,
+    ) -> Result<Sample> {
         let mut command = match &self.gnu_time {
             Some(time) => {
                 let mut c = Command::new(time);
@@ -74,6 +95,10 @@ impl Runner {
             None => Command::new(program),
         };
         command.args(args).current_dir(cwd);
+        command.envs(options.env.iter().map(|(k, v)| (k, v)));
+        if options.discard_stdout {
+            command.stdout(Stdio::null());
+        }
         let start = Instant::now();
         let Output { status, stdout, stderr } = command
             .output()

@@ -240,6 +240,21 @@ async fn postgres_and_sqlite_copies_compare_equal_and_name_mutations() {
     let run = run_driftless!(dir.path(), &["scan", "--report", "json"]);
     assert_eq!(run.code, Some(2), "{}", run.stderr);
     assert_exactly(&expected, &divergences(&run.report()));
+
+    // The two PostgreSQL copies in pull mode (binary COPY, digested here) name the same keys.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_driftless-under-test"))
+        .args(["scan", "--report", "json"])
+        .current_dir(dir.path())
+        .env("DRIFTLESS_POSTGRES_PUSHDOWN", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let pulled = driftless_tests::Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::new(),
+    };
+    assert_exactly(&expected, &divergences(&pulled.report()));
 }
 
 #[tokio::test(flavor = "multi_thread")]

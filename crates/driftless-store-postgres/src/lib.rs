@@ -1,20 +1,28 @@
-//! PostgreSQL tables as copies of a dataset, read through sqlx (pull mode).
+//! PostgreSQL tables as copies of a dataset, through sqlx.
 //!
 //! - The table name from the config is only ever a bound value: `to_regclass($1)` resolves it
-//!   and PostgreSQL's own `regclass::text` quotes it, so a config cannot inject SQL.
-//! - Every session runs with `TimeZone = UTC`, ISO dates, shortest round-trip floats and hex
-//!   bytea, and every compared value is read as its text form: [`Value::from_text`] then
-//!   normalises it exactly as the SQLite store normalises SQLite's values, so a PostgreSQL
-//!   copy and a SQLite copy of the same rows digest the same.
-//! - Keys are read typed (integers as `int8`, text and uuids as text, bytea as bytes); text
-//!   keys are ordered and compared `COLLATE "C"`, bytewise, whatever the database's locale.
-//!
-//! - Push-down: when canonical and a stage are both PostgreSQL, [`Store::pushdown_tree`]
-//!   computes every leaf's aggregate inside the server in one grouped query per copy
-//!   (`width_bucket` over the encoded boundary keys, md5 of each row's text form); only the
-//!   rows of divergent leaves then travel, digested in pull mode.
+//!   and PostgreSQL's own `regclass::text` quotes it; column names are checked against the
+//!   catalog and quoted; every value is bound. Nothing in a config can inject SQL.
+//! - Every session runs with fixed settings (`TimeZone = UTC`, ISO dates, shortest
+//!   round-trip floats, hex bytea, ISO intervals, `C` money, custom plans), so the text form
+//!   of every value, and every plan, is the same on every server and every run.
+//! - Pull mode reads values in PostgreSQL's binary format and encodes each straight into the
+//!   row buffer ([`wire`]), exactly as its text form normalised by [`Value::from_text`]
+//!   would encode: a PostgreSQL copy and a SQLite copy of the same rows digest the same. A
+//!   whole copy streams through `COPY ... (FORMAT binary)` into a blocking thread that
+//!   digests and places rows ([`copy`]); ranges are sqlx queries with bound key bounds,
+//!   `ORDER BY` the keys with text `COLLATE "C"`, digested on a blocking thread per batch.
+//! - Push-down ([`pushdown`]): when canonical and a stage are both PostgreSQL, each copy's
+//!   leaf aggregates come from one grouped query inside the server, and only the rows of
+//!   divergent leaves travel. `DRIFTLESS_POSTGRES_PUSHDOWN=off` in the environment turns it
+//!   off, so two PostgreSQL copies are compared in pull mode (benchmarks use it).
 
+mod copy;
+mod pushdown;
+mod row;
+mod sample;
 mod sql;
+mod wire;
 mod write;
 
 use std::str::FromStr;
@@ -22,28 +30,34 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use driftless_core::key::{KeyBuilder, parse_uuid};
 use driftless_core::{Aggregate, Boundaries, Key, KeyRange, LogicalType, RowHasher, Tree, Value};
 use driftless_store::{
-    Column, DigestBatch, DigestStream, Progress, Sample, Schema, Store, StoreError, WriteOp, WriteResult, redact_url,
+    Column, DigestBatch, DigestStream, OrderCheck, Progress, Sample, Schema, Store, StoreError, WriteOp, WriteResult,
+    redact_url,
 };
 use futures::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Executor, Row};
+use sqlx::{ConnectOptions as _, Executor, Row};
 
+use crate::pushdown::HashedColumn;
+use crate::row::{RowDigester, RowPlan};
 use crate::sql::KeyKind;
 
-/// The push-down digest: md5 of the row's text form, summed per leaf in two 64-bit halves.
-const PUSHDOWN_KIND: &str = "postgres-md5-rowtext-v1";
-/// Rows a scan digests before handing a batch on.
+/// Rows a range scan digests per batch (one trip to a blocking thread).
 const BATCH_ROWS: usize = 4096;
 /// Connections per copy: a full scan and a few range reads at once.
 const POOL_CONNECTIONS: u32 = 4;
 /// How long opening a copy may wait for a connection.
 const CONNECT_TIMEOUT_SECS: u64 = 10;
-/// Session settings that make the text form of every value canonical enough to normalise.
+/// Session settings that make the text form of every value canonical enough to normalise
+/// (pull mode's `::text` columns, push-down's text hashes), keep string literals literal
+/// (the `bytea` literals of push-down's key encoding) and plan every execution afresh.
 const SESSION_SETTINGS: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
-     SET extra_float_digits = 1; SET bytea_output = 'hex'; SET IntervalStyle = 'iso_8601'";
+     SET extra_float_digits = 1; SET bytea_output = 'hex'; SET IntervalStyle = 'iso_8601'; \
+     SET lc_monetary = 'C'; SET standard_conforming_strings = on; \
+     SET plan_cache_mode = force_custom_plan";
+/// The environment variable that turns push-down off when set to `off`, `0` or `false`.
+pub const PUSHDOWN_ENV: &str = "DRIFTLESS_POSTGRES_PUSHDOWN";
 
 /// One PostgreSQL table holding a copy of a dataset.
 #[derive(Debug, Clone)]
@@ -52,6 +66,8 @@ pub struct PgStore {
     /// The table as given in the config (`name` or `schema.name`).
     table: String,
     pool: PgPool,
+    /// Whether this copy offers push-down (see [`PUSHDOWN_ENV`]).
+    pushdown: bool,
     /// Repairs may write ([`PgStore::for_writing`]).
     writable: bool,
 }
@@ -63,6 +79,7 @@ struct TableColumn {
     ty: String,
     /// Position in the primary key, 1-based; 0 when not part of it.
     pk: i32,
+    not_null: bool,
 }
 
 impl PgStore {
@@ -75,7 +92,10 @@ impl PgStore {
             location: location.clone(),
             reason,
         };
-        let options = PgConnectOptions::from_str(url).map_err(|_| open_err("not a PostgreSQL URL".into()))?;
+        // A full scan is one long statement by design; sqlx would log each as a slow one.
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|_| open_err("not a PostgreSQL URL".into()))?
+            .disable_statement_logging();
         let pool = PgPoolOptions::new()
             .max_connections(POOL_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(CONNECT_TIMEOUT_SECS))
@@ -88,10 +108,13 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(|e| open_err(describe_error(&e)))?;
+        let pushdown = !std::env::var(PUSHDOWN_ENV)
+            .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "off" | "0" | "false" | "no"));
         Ok(PgStore {
             location,
             table: table.to_owned(),
             pool,
+            pushdown,
             writable: false,
         })
     }
@@ -104,9 +127,13 @@ impl PgStore {
     }
 
     fn read_err(&self, e: &sqlx::Error) -> StoreError {
+        self.read_failed(describe_error(e))
+    }
+
+    fn read_failed(&self, reason: String) -> StoreError {
         StoreError::Read {
             location: self.location.clone(),
-            reason: describe_error(e),
+            reason,
         }
     }
 
@@ -128,7 +155,7 @@ impl PgStore {
             return Err(self.schema_err("table not found".into()));
         };
         let rows = sqlx::query(
-            "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS ty, \
+            "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS ty, a.attnotnull AS not_null, \
                     coalesce((SELECT k.n FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
                               WHERE k.attnum = a.attnum), 0)::int4 AS pk \
              FROM pg_attribute a \
@@ -146,6 +173,7 @@ impl PgStore {
                 name: r.get("name"),
                 ty: r.get("ty"),
                 pk: r.get("pk"),
+                not_null: r.get("not_null"),
             })
             .collect();
         Ok((quoted, columns))
@@ -158,23 +186,35 @@ impl PgStore {
             .ok_or_else(|| self.schema_err(format!("{role} column {name:?} not found")))
     }
 
-    fn read_key(&self, schema: &Schema, row: &PgRow) -> Result<Key, StoreError> {
-        let mut key = KeyBuilder::default();
-        for (i, col) in schema.key.iter().enumerate() {
-            let fail = |reason: String| self.schema_err(format!("key column {:?}: {reason}", col.name));
-            match KeyKind::of(col.ty).ok_or_else(|| fail("unsupported key type".into()))? {
-                KeyKind::Int => key.push_int(row.try_get::<i64, _>(i).map_err(|e| fail(e.to_string()))?),
-                KeyKind::Text => key.push_text(row.try_get::<&str, _>(i).map_err(|e| fail(e.to_string()))?.as_bytes()),
-                KeyKind::Uuid => {
-                    let text: &str = row.try_get(i).map_err(|e| fail(e.to_string()))?;
-                    key.push_uuid(&parse_uuid(text).ok_or_else(|| fail(format!("{text:?} is not a uuid")))?);
-                }
-                KeyKind::Bytes => key.push_bytes(row.try_get::<&[u8], _>(i).map_err(|e| fail(e.to_string()))?),
-            }
-        }
-        Ok(key.finish())
+    /// The quoted table and how this copy's rows of `schema` are selected and decoded.
+    async fn row_plan(&self, schema: &Schema) -> Result<(String, RowPlan), StoreError> {
+        let (quoted, table) = self.table_columns().await?;
+        let physical = schema
+            .values
+            .iter()
+            .map(|c| self.find(&table, &c.name, "compared").map(|t| t.ty.as_str()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((quoted.clone(), RowPlan::new(schema, &physical)))
     }
 
+    /// The table's row count as the planner estimates it (the last `VACUUM` or `ANALYZE`'s
+    /// rows per page times the pages it has now), or `None` if it was never analysed.
+    async fn estimated_rows(&self) -> Result<Option<u64>, StoreError> {
+        let estimate: Option<i64> = sqlx::query_scalar(
+            "SELECT CASE WHEN c.reltuples >= 0 AND c.relpages > 0 THEN \
+                    (c.reltuples / c.relpages * (pg_relation_size(c.oid) / current_setting('block_size')::int8))::int8 \
+                    END \
+             FROM pg_class c WHERE c.oid = to_regclass($1)",
+        )
+        .bind(&self.table)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.read_err(&e))?
+        .flatten();
+        Ok(estimate.map(|n| n.max(0) as u64))
+    }
+
+    /// The compared values of a row selected with their text forms (`fetch`).
     fn read_values(&self, schema: &Schema, row: &PgRow) -> Result<Vec<Value>, StoreError> {
         let key_cols = schema.key.len();
         schema
@@ -187,6 +227,43 @@ impl PgStore {
             })
             .collect()
     }
+}
+
+/// Digests a batch of rows on a blocking thread; returns the digester for the next batch.
+async fn digest_rows(mut digester: RowDigester, rows: Vec<PgRow>) -> Result<(RowDigester, DigestBatch), String> {
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let key = digester.key(row)?;
+            let digest = digester.digest(key.as_bytes(), row)?;
+            out.push((key, digest));
+        }
+        Ok((digester, out))
+    })
+    .await
+    .map_err(|e| format!("digest task failed: {e}"))?
+}
+
+/// Runs the push-down query over `leaves` leaves. The planner cannot tell how many groups
+/// `width_bucket` makes and plans for one per row: with the default `work_mem` it sorts the
+/// whole table on disk instead of hashing a few thousand groups. A read-only transaction
+/// gives the aggregate the memory its leaves need and rules the sort out.
+async fn pushdown_rows(
+    pool: &PgPool,
+    text: &str,
+    thresholds: pushdown::Thresholds,
+    leaves: usize,
+) -> Result<Vec<PgRow>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let work_mem = format!("SET LOCAL work_mem = '{}kB'", pushdown::work_mem_kib(leaves));
+    // One statement each: sqlx's multi-statement `raw_sql` on a transaction is not `Send`
+    // for async-trait.
+    for setting in ["SET TRANSACTION READ ONLY", &work_mem, "SET LOCAL enable_sort = off"] {
+        sqlx::query(setting).persistent(false).execute(&mut *tx).await?;
+    }
+    let rows = thresholds.bind_to(sqlx::query(text)).fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows)
 }
 
 /// A sqlx error as a message that never carries the connection URL.
@@ -263,21 +340,13 @@ impl Store for PgStore {
                 .filter(|c| !key_cols.iter().any(|k| k.name == c.name))
                 .collect(),
         };
+        let column = |c: &&TableColumn| Column {
+            name: c.name.clone(),
+            ty: logical_type(&c.ty),
+        };
         Ok(Schema {
-            key: key_cols
-                .iter()
-                .map(|c| Column {
-                    name: c.name.clone(),
-                    ty: logical_type(&c.ty),
-                })
-                .collect(),
-            values: value_cols
-                .iter()
-                .map(|c| Column {
-                    name: c.name.clone(),
-                    ty: logical_type(&c.ty),
-                })
-                .collect(),
+            key: key_cols.iter().map(column).collect(),
+            values: value_cols.iter().map(column).collect(),
         })
     }
 
@@ -300,31 +369,22 @@ impl Store for PgStore {
 
     async fn sample_keys(&self, schema: &Schema, max: usize) -> Result<Sample, StoreError> {
         let (quoted, _) = self.table_columns().await?;
-        let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {quoted}"))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.read_err(&e))?;
-        let rows = rows as u64;
+        // The planner's estimate sizes the sample as well as an exact count does, without a
+        // scan of its own; a table never analysed is counted.
+        let rows = match self.estimated_rows().await? {
+            Some(rows) => rows,
+            None => {
+                let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {quoted}"))
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| self.read_err(&e))?;
+                rows as u64
+            }
+        };
         if max == 0 {
             return Ok(Sample { keys: Vec::new(), rows });
         }
-        // A Bernoulli sample reads every page but returns only the sampled keys; small tables
-        // are read whole, every n-th key kept.
-        let (text, stride) = if rows > 4 * max as u64 {
-            let percent = (max as f64 * 100.0 / rows as f64).min(100.0);
-            (sql::sample_select(&quoted, schema, percent), 1)
-        } else {
-            (sql::key_select(&quoted, schema), (rows / max as u64).max(1))
-        };
-        let mut stream = sqlx::query(&text).fetch(&self.pool);
-        let mut keys = Vec::new();
-        let mut n = 0u64;
-        while let Some(row) = stream.try_next().await.map_err(|e| self.read_err(&e))? {
-            if n.is_multiple_of(stride) {
-                keys.push(self.read_key(schema, &row)?);
-            }
-            n += 1;
-        }
+        let keys = self.sample(&quoted, schema, rows, max).await?;
         Ok(Sample { keys, rows })
     }
 
@@ -336,74 +396,96 @@ impl Store for PgStore {
         progress: &'a Progress,
     ) -> DigestStream<'a> {
         Box::pin(async_stream::try_stream! {
-            let (quoted, _) = self.table_columns().await?;
-            let (text, binds) = sql::range_select(&quoted, schema, &range).map_err(|r| self.schema_err(r))?;
+            let (quoted, plan) = self.row_plan(schema).await?;
+            let (text, binds) =
+                sql::range_select(&quoted, schema, &plan.select, &range).map_err(|r| self.schema_err(r))?;
             let mut query = sqlx::query(&text);
             for b in binds {
                 query = b.bind_to(query);
             }
             let mut rows = query.fetch(&self.pool);
-            let mut batch: DigestBatch = Vec::with_capacity(BATCH_ROWS);
-            let mut previous: Option<Key> = None;
-            let mut scratch = Vec::with_capacity(256);
-            while let Some(row) = rows.try_next().await.map_err(|e| self.read_err(&e))? {
-                let key = self.read_key(schema, &row)?;
-                if let Some(prev) = batch.last().map(|(k, _)| k).or(previous.as_ref())
-                    && &key < prev
-                {
-                    Err(StoreError::Order {
-                        location: self.location.clone(),
-                        previous: prev.to_string(),
-                        next: key.to_string(),
-                    })?;
+            let mut digester = RowDigester::new(plan, hasher.clone());
+            let mut order = OrderCheck::default();
+            let mut pending = Vec::with_capacity(BATCH_ROWS);
+            loop {
+                let row = rows.try_next().await.map_err(|e| self.read_err(&e))?;
+                let done = row.is_none();
+                pending.extend(row);
+                if done && pending.is_empty() {
+                    break;
                 }
-                let values = self.read_values(schema, &row)?;
-                let digest = hasher.digest_row(key.as_bytes(), &values, &mut scratch);
-                batch.push((key, digest));
-                if batch.len() == BATCH_ROWS {
-                    progress.fetch_add(BATCH_ROWS as u64, Ordering::Relaxed);
-                    previous = batch.last().map(|(k, _)| k.clone());
-                    yield std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+                if !done && pending.len() < BATCH_ROWS {
+                    continue;
                 }
-            }
-            progress.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            if !batch.is_empty() {
+                let (next, batch) = digest_rows(digester, std::mem::take(&mut pending))
+                    .await
+                    .map_err(|r| self.read_failed(r))?;
+                digester = next;
+                for (key, _) in &batch {
+                    order.check(&self.location, key)?;
+                }
+                progress.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 yield batch;
+                if done {
+                    break;
+                }
             }
         })
     }
 
+    async fn tree(
+        &self,
+        schema: &Schema,
+        boundaries: &Boundaries,
+        hasher: &RowHasher,
+        progress: &Progress,
+    ) -> Result<Tree, StoreError> {
+        let (quoted, plan) = self.row_plan(schema).await?;
+        copy::copy_tree(
+            &self.pool,
+            &quoted,
+            plan,
+            boundaries.clone(),
+            hasher.clone(),
+            progress.clone(),
+        )
+        .await
+        .map_err(|r| self.read_failed(r))
+    }
+
     fn pushdown_kind(&self, schema: &Schema) -> Option<&'static str> {
-        sql::encoded_key(schema).map(|_| PUSHDOWN_KIND)
+        (self.pushdown && pushdown::supported(schema)).then_some(pushdown::KIND)
     }
 
     async fn pushdown_tree(&self, schema: &Schema, boundaries: &Boundaries) -> Result<Tree, StoreError> {
-        let (quoted, _) = self.table_columns().await?;
-        let encoded = sql::encoded_key(schema)
-            .ok_or_else(|| self.schema_err("bytea keys cannot be digested in the server".into()))?;
-        let thresholds: Vec<Vec<u8>> = boundaries.keys().iter().map(|k| k.as_bytes().to_vec()).collect();
-        let rows = sqlx::query(&sql::pushdown_select(&quoted, schema, &encoded))
-            .bind(thresholds)
-            .fetch_all(&self.pool)
+        let (quoted, table) = self.table_columns().await?;
+        let columns = schema
+            .key
+            .iter()
+            .chain(&schema.values)
+            .map(|c| {
+                self.find(&table, &c.name, "compared").map(|t| HashedColumn {
+                    name: &t.name,
+                    pg_type: &t.ty,
+                    not_null: t.not_null,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (text, thresholds) =
+            pushdown::query(&quoted, schema, &columns, boundaries).map_err(|r| self.schema_err(r))?;
+        let rows = pushdown_rows(&self.pool, &text, thresholds, boundaries.leaf_count())
             .await
             .map_err(|e| self.read_err(&e))?;
         let mut leaves = vec![Aggregate::default(); boundaries.leaf_count()];
         for row in rows {
-            let (leaf, count, high, low): (i32, i64, String, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
-            let half = |s: &str| {
-                s.parse::<i128>()
-                    .map_err(|e| self.read_err(&sqlx::Error::Decode(Box::new(e))))
-            };
-            // Each half is a sum of signed 64-bit values; wrapping it to 64 bits keeps the
-            // aggregate additive, like the row-digest sums.
-            let sum = (u128::from(half(&high)? as u64) << 64) | u128::from(half(&low)? as u64);
-            let slot = leaves.get_mut(leaf as usize).ok_or_else(|| {
-                self.schema_err(format!("push-down returned leaf {leaf} of {}", boundaries.leaf_count()))
-            })?;
-            *slot = Aggregate {
-                count: count as u64,
-                sum,
-            };
+            let (leaf, count, sum): (i32, i64, Option<String>) = (row.get(0), row.get(1), row.get(2));
+            let slot = usize::try_from(leaf)
+                .ok()
+                .and_then(|i| leaves.get_mut(i))
+                .ok_or_else(|| {
+                    self.schema_err(format!("push-down returned leaf {leaf} of {}", boundaries.leaf_count()))
+                })?;
+            *slot = pushdown::aggregate(count, sum.as_deref().unwrap_or("0")).map_err(|r| self.read_failed(r))?;
         }
         Ok(Tree::from_leaves(leaves))
     }

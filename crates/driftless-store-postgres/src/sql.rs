@@ -7,6 +7,8 @@ use sqlx::Postgres;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 
+use crate::wire::key_expr;
+
 /// How a key column is read, compared and bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyKind {
@@ -69,7 +71,8 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-pub(crate) fn kind(ty: LogicalType) -> KeyKind {
+/// The key kind of a key column's logical type.
+pub fn key_kind(ty: LogicalType) -> KeyKind {
     // Schemas are validated when resolved: every key column has a key kind.
     KeyKind::of(ty).unwrap_or(KeyKind::Text)
 }
@@ -79,23 +82,17 @@ pub(crate) fn key_exprs(schema: &Schema) -> Vec<String> {
     schema
         .key
         .iter()
-        .map(|c| match kind(c.ty) {
+        .map(|c| match key_kind(c.ty) {
             KeyKind::Text => format!("{} COLLATE \"C\"", ident(&c.name)),
             _ => ident(&c.name),
         })
         .collect()
 }
 
+/// Key columns as `wire::push_key` reads them, then (with `with_values`) every compared
+/// column as its text form, which `fetch` normalises with `Value::from_text`.
 pub(crate) fn select_list(schema: &Schema, with_values: bool) -> String {
-    let mut cols: Vec<String> = schema
-        .key
-        .iter()
-        .map(|c| match kind(c.ty) {
-            KeyKind::Int => format!("{}::int8", ident(&c.name)),
-            KeyKind::Text | KeyKind::Uuid => format!("{}::text", ident(&c.name)),
-            KeyKind::Bytes => ident(&c.name),
-        })
-        .collect();
+    let mut cols: Vec<String> = schema.key.iter().map(|c| key_expr(&c.name, key_kind(c.ty))).collect();
     if with_values {
         cols.extend(schema.values.iter().map(|c| format!("{}::text", ident(&c.name))));
     }
@@ -107,15 +104,20 @@ pub(crate) fn placeholders(schema: &Schema, first: usize) -> String {
         .key
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("${}::{}", first + i, kind(c.ty).cast()))
+        .map(|(i, c)| format!("${}::{}", first + i, key_kind(c.ty).cast()))
         .collect();
     marks.join(", ")
 }
 
-/// The rows of `range` in key order, with the values to bind.
-pub fn range_select(table: &str, schema: &Schema, range: &KeyRange) -> Result<(String, Vec<Bind>), String> {
+/// `select` (a select list) over the rows of `range` in key order, with the values to bind.
+pub fn range_select(
+    table: &str,
+    schema: &Schema,
+    select: &str,
+    range: &KeyRange,
+) -> Result<(String, Vec<Bind>), String> {
     let keys = key_exprs(schema).join(", ");
-    let mut sql = format!("SELECT {} FROM {table}", select_list(schema, true));
+    let mut sql = format!("SELECT {select} FROM {table}");
     let mut binds = Vec::new();
     let mut clauses = Vec::new();
     for (bound, op) in [(&range.lo, ">="), (&range.hi, "<")] {
@@ -142,6 +144,11 @@ pub fn key_select(table: &str, schema: &Schema) -> String {
     )
 }
 
+/// The key columns as a select list.
+pub fn key_list(schema: &Schema) -> String {
+    select_list(schema, false)
+}
+
 /// About `percent` of the keys, in no particular order.
 pub fn sample_select(table: &str, schema: &Schema, percent: f64) -> String {
     format!(
@@ -162,52 +169,4 @@ pub fn key_binds(key: &Key) -> Result<Vec<Bind>, String> {
             KeyPart::Bytes(b) => Bind::Bytes(b),
         })
         .collect())
-}
-
-/// The key as the bytes of `driftless_core::key`'s order-preserving encoding, computed in
-/// SQL, so `width_bucket` over encoded boundary keys (a `bytea[]`, compared bytewise) gives
-/// exactly the leaf `Boundaries::leaf_of` gives. `None` for bytea keys, whose encoding
-/// escapes zero bytes, which SQL cannot do cheaply.
-pub fn encoded_key(schema: &Schema) -> Option<String> {
-    let parts: Option<Vec<String>> = schema
-        .key
-        .iter()
-        .map(|c| {
-            let col = ident(&c.name);
-            match kind(c.ty) {
-                // Tag 0x10, then the big-endian value with its sign bit flipped.
-                KeyKind::Int => Some(format!(
-                    "'\\x10'::bytea || int8send({col}::int8 # (-9223372036854775808)::int8)"
-                )),
-                // Tag 0x20, the UTF-8 bytes (PostgreSQL text holds no zero byte), 0x00 0x01.
-                KeyKind::Text => Some(format!(
-                    "'\\x20'::bytea || convert_to({col}::text, 'UTF8') || '\\x0001'::bytea"
-                )),
-                // Tag 0x28, the 16 bytes.
-                KeyKind::Uuid => Some(format!("'\\x28'::bytea || uuid_send({col})")),
-                KeyKind::Bytes => None,
-            }
-        })
-        .collect();
-    parts.map(|p| p.join(" || "))
-}
-
-/// One grouped query: per leaf, the row count and two 64-bit halves of the sum of the rows'
-/// md5 digests (over the text form of key and compared columns). `$1` is the `bytea[]` of
-/// encoded boundary keys.
-pub fn pushdown_select(table: &str, schema: &Schema, encoded_key: &str) -> String {
-    let cols: Vec<String> = schema
-        .key
-        .iter()
-        .chain(&schema.values)
-        .map(|c| ident(&c.name))
-        .collect();
-    format!(
-        "SELECT leaf, count(*)::int8, \
-                sum(('x' || substr(h, 1, 16))::bit(64)::int8)::text, \
-                sum(('x' || substr(h, 17, 16))::bit(64)::int8)::text \
-         FROM (SELECT width_bucket({encoded_key}, $1::bytea[]) AS leaf, md5(ROW({})::text) AS h FROM {table}) rows \
-         GROUP BY leaf",
-        cols.join(", ")
-    )
 }

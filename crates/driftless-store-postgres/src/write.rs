@@ -18,6 +18,7 @@ use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use sqlx::{Postgres, Transaction};
 
+use crate::row::KeyReader;
 use crate::sql::{self, Bind, KeyKind, ident};
 use crate::{PgStore, describe_error};
 
@@ -131,6 +132,12 @@ fn bind_key<'q>(mut query: Query<'q, Postgres, PgArguments>, key: &[Bind]) -> Qu
 }
 
 impl PgStore {
+    /// The key of a row whose first columns are `schema`'s key as [`sql::select_list`]
+    /// selects it.
+    fn read_key(&self, schema: &Schema, row: &sqlx::postgres::PgRow) -> Result<Key, StoreError> {
+        KeyReader::new(schema).read(row).map_err(|r| self.schema_err(r))
+    }
+
     /// Applies `ops` in one transaction; see the module docs.
     pub(crate) async fn apply_ops(
         &self,
@@ -335,7 +342,7 @@ fn keys_in_select(table: &str, schema: &Schema, lock: bool) -> String {
         .key
         .iter()
         .enumerate()
-        .map(|(i, c)| match sql::kind(c.ty) {
+        .map(|(i, c)| match sql::key_kind(c.ty) {
             KeyKind::Uuid => format!("${}::text[]::uuid[]", i + 1),
             k => format!("${}::{}[]", i + 1, k.cast()),
         })
@@ -367,7 +374,7 @@ fn bind_key_arrays<'q>(
     let parts: Vec<Vec<Bind>> = keys.iter().map(sql::key_binds).collect::<Result<_, _>>()?;
     for (i, c) in schema.key.iter().enumerate() {
         let column = parts.iter().map(|p| p.get(i));
-        query = match sql::kind(c.ty) {
+        query = match sql::key_kind(c.ty) {
             KeyKind::Int => query.bind(
                 column
                     .map(|b| if let Some(Bind::Int(v)) = b { *v } else { 0 })

@@ -13,6 +13,12 @@
 //!   `rclone` is installed, `rclone check` is timed on the same two directories, on a warm
 //!   and on a cold page cache (rclone drops the cache of what it reads), and so is
 //!   `driftless scan` on the cold cache rclone leaves; see `Bench::time_rclone`.
+//! - `postgres-10m`, `postgres-pull-10m`, `postgres-identical-10m`, `postgres-copy-floor`:
+//!   two PostgreSQL databases of 10M rows on the server at `DATABASE_URL` (and an identical
+//!   third), compared in push-down (the default between two PostgreSQL copies) and in pull
+//!   mode (`DRIFTLESS_POSTGRES_PUSHDOWN=off` in the scan's environment), and beside them the
+//!   floor: `psql -c "COPY items TO STDOUT (FORMAT binary)" > /dev/null` on each copy and on
+//!   both at once. See `pg_data` for the data.
 //!
 //! Usage: `cargo run --release -p driftless-benches --bin driftless-e2e-bench -- --help`.
 
@@ -23,8 +29,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, ValueEnum};
-use driftless_benches::measure::{Runner, Sample, Summary, load_average, secs};
-use driftless_benches::{Divergence, files_data, report, sqlite_data};
+use driftless_benches::measure::{Options, Runner, Sample, Summary, load_average, secs};
+use driftless_benches::{Divergence, files_data, pg_data, report, sqlite_data};
+
+mod postgres;
 
 /// Timed runs per scenario unless `--runs` says otherwise.
 const DEFAULT_RUNS: usize = 5;
@@ -36,6 +44,8 @@ const ROWS_1M: u64 = 1_000_000;
 const ROWS_4M: u64 = 4_000_000;
 /// Target wall time of the 1M-row and 100k-file scans with 20 divergences (from the issue).
 const TARGET_WALL: Duration = Duration::from_millis(1500);
+/// Rows per PostgreSQL copy unless `--pg-rows` says otherwise.
+const PG_ROWS: u64 = 10_000_000;
 /// Exit code of `driftless scan` on consistent copies.
 const EXIT_CONSISTENT: i32 = 0;
 /// Exit code of `driftless scan` on drift.
@@ -66,6 +76,13 @@ struct Args {
     /// Do not time `rclone check`, even when rclone is installed.
     #[arg(long)]
     no_rclone: bool,
+    /// The PostgreSQL server of the `postgres-*` scenarios (any database on it; the user
+    /// must be able to create databases). Without it those scenarios are skipped.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    postgres_url: Option<String>,
+    /// Rows per PostgreSQL copy.
+    #[arg(long, default_value_t = PG_ROWS)]
+    pg_rows: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -82,6 +99,18 @@ enum Scenario {
     /// 100k vs 100k files, 20 differing; and rclone check on the same trees.
     #[value(name = "files-100k")]
     Files100k,
+    /// 10M vs 10M PostgreSQL rows, 20 divergences, push-down.
+    #[value(name = "postgres-10m")]
+    Postgres10m,
+    /// 10M vs 10M PostgreSQL rows, 20 divergences, pull mode.
+    #[value(name = "postgres-pull-10m")]
+    PostgresPull10m,
+    /// 10M vs 10M identical PostgreSQL rows, push-down and pull.
+    #[value(name = "postgres-identical-10m")]
+    PostgresIdentical10m,
+    /// `psql -c "COPY items TO STDOUT (FORMAT binary)"` of each copy and of both at once.
+    #[value(name = "postgres-copy-floor")]
+    PostgresCopyFloor,
 }
 
 impl Scenario {
@@ -92,7 +121,21 @@ impl Scenario {
             Scenario::SqliteIdentical1m => "sqlite-identical-1m",
             Scenario::Sqlite4m => "sqlite-4m",
             Scenario::Files100k => "files-100k",
+            Scenario::Postgres10m => "postgres-10m",
+            Scenario::PostgresPull10m => "postgres-pull-10m",
+            Scenario::PostgresIdentical10m => "postgres-identical-10m",
+            Scenario::PostgresCopyFloor => "postgres-copy-floor",
         }
+    }
+
+    fn needs_postgres(self) -> bool {
+        matches!(
+            self,
+            Scenario::Postgres10m
+                | Scenario::PostgresPull10m
+                | Scenario::PostgresIdentical10m
+                | Scenario::PostgresCopyFloor
+        )
     }
 }
 
@@ -104,7 +147,27 @@ struct Measured {
     exit: String,
     divergences: String,
     summary: Summary,
-    target: Option<Duration>,
+    target: Target,
+    /// The 1-minute load average when the runs ended.
+    load: String,
+}
+
+/// What a measurement must meet, if anything.
+#[derive(Debug, Clone, Copy, Default)]
+struct Target {
+    /// Median wall time.
+    wall: Option<Duration>,
+    /// Peak RSS in KiB.
+    rss_kib: Option<u64>,
+}
+
+impl Target {
+    fn wall(wall: Duration) -> Target {
+        Target {
+            wall: Some(wall),
+            rss_kib: None,
+        }
+    }
 }
 
 /// One checked `driftless scan`: its config, and the exit code and divergences it must give.
@@ -113,6 +176,8 @@ struct Scan {
     config: PathBuf,
     exit: i32,
     expected: BTreeSet<Divergence>,
+    /// Environment variables of the scan.
+    env: Vec<(String, String)>,
 }
 
 /// What the scenarios share: the binary, the runner, the options.
@@ -123,6 +188,10 @@ struct Bench {
     runner: Runner,
     work: PathBuf,
     rclone: Option<PathBuf>,
+    postgres_url: Option<String>,
+    pg_rows: u64,
+    /// The PostgreSQL set, once ensured.
+    pg: Option<pg_data::PgSet>,
     results: Vec<Measured>,
 }
 
@@ -136,10 +205,20 @@ fn main() -> Result<()> {
     );
     let bin = std::fs::canonicalize(&args.bin).with_context(|| format!("cannot resolve {}", args.bin.display()))?;
     let scenarios = if args.scenarios.is_empty() {
-        Scenario::value_variants().to_vec()
+        let all = Scenario::value_variants().iter().copied();
+        if args.postgres_url.is_none() {
+            println!("DATABASE_URL not set (or --postgres-url): skipping the postgres-* scenarios");
+        }
+        all.filter(|s| args.postgres_url.is_some() || !s.needs_postgres())
+            .collect()
     } else {
         args.scenarios
     };
+    ensure!(
+        args.postgres_url.is_some() || !scenarios.iter().any(|s| s.needs_postgres()),
+        "the postgres-* scenarios need a server: set DATABASE_URL or pass --postgres-url \
+         (scripts/with-postgres starts one)"
+    );
 
     let (work, temp) = match args.work_dir {
         Some(dir) => (dir, None),
@@ -168,6 +247,9 @@ fn main() -> Result<()> {
         runner,
         work: work.clone(),
         rclone,
+        postgres_url: args.postgres_url,
+        pg_rows: args.pg_rows,
+        pg: None,
         results: Vec::new(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -181,6 +263,10 @@ fn main() -> Result<()> {
             Scenario::SqliteIdentical1m => bench.sqlite(&runtime, scenario, ROWS_1M, true)?,
             Scenario::Sqlite4m => bench.sqlite(&runtime, scenario, ROWS_4M, false)?,
             Scenario::Files100k => bench.files(scenario)?,
+            Scenario::Postgres10m | Scenario::PostgresPull10m | Scenario::PostgresIdentical10m => {
+                bench.postgres(&runtime, scenario)?
+            }
+            Scenario::PostgresCopyFloor => bench.copy_floor(&runtime)?,
         }
     }
     bench.print_table();
@@ -233,11 +319,15 @@ impl Bench {
             rows / ROWS_1M,
             if identical { ", identical" } else { "" }
         );
-        let target = (rows == ROWS_1M && !identical).then_some(TARGET_WALL);
+        let target = Target {
+            wall: (rows == ROWS_1M && !identical).then_some(TARGET_WALL),
+            rss_kib: None,
+        };
         let scan = Scan {
             config: config_path,
             exit,
             expected,
+            env: Vec::new(),
         };
         self.time_scan(scenario.name(), data, &scan, target)
     }
@@ -265,8 +355,14 @@ impl Bench {
             config: config_path,
             exit: EXIT_DRIFT,
             expected: set.expected.clone(),
+            env: Vec::new(),
         };
-        self.time_scan(scenario.name(), format!("{data}, warm cache"), &scan, Some(TARGET_WALL))?;
+        self.time_scan(
+            scenario.name(),
+            format!("{data}, warm cache"),
+            &scan,
+            Target::wall(TARGET_WALL),
+        )?;
 
         match self.rclone.clone() {
             Some(rclone) => self.time_rclone(&rclone, &set, &scan, &data),
@@ -278,7 +374,7 @@ impl Bench {
     }
 
     /// Warms up, then times `driftless scan` `--runs` times, checking every run.
-    fn time_scan(&mut self, label: &str, data: String, scan: &Scan, target: Option<Duration>) -> Result<()> {
+    fn time_scan(&mut self, label: &str, data: String, scan: &Scan, target: Target) -> Result<()> {
         let warm = self.scan_once(scan).with_context(|| format!("{label}: warm-up run"))?;
         println!(
             "warm-up {} (untimed): exit {}, {} divergences as injected",
@@ -306,7 +402,11 @@ impl Bench {
             OsStr::new("--report"),
             OsStr::new("json"),
         ];
-        let sample = self.runner.run(&self.bin, &args, dir)?;
+        let options = Options {
+            env: scan.env.clone(),
+            discard_stdout: false,
+        };
+        let sample = self.runner.run_with(&self.bin, &args, dir, &options)?;
         ensure!(
             sample.code == Some(scan.exit),
             "exit code {:?}, expected {}; stderr:\n{}",
@@ -383,7 +483,7 @@ impl Bench {
             exit.clone(),
             differences.clone(),
             &on_warm,
-            None,
+            Target::default(),
         )?;
         self.record(
             "rclone check".to_owned(),
@@ -391,7 +491,7 @@ impl Bench {
             exit,
             differences,
             &on_cold,
-            None,
+            Target::default(),
         )?;
         self.record(
             "files-100k".to_owned(),
@@ -399,7 +499,7 @@ impl Bench {
             scan_exit,
             scan_divergences,
             &scan_cold,
-            None,
+            Target::default(),
         )
     }
 
@@ -410,18 +510,19 @@ impl Bench {
         exit: String,
         divergences: String,
         samples: &[Sample],
-        target: Option<Duration>,
+        target: Target,
     ) -> Result<()> {
         let Some(summary) = Summary::of(samples) else {
             bail!("{label}: no timed run")
         };
         println!(
-            "{label}: median {}, min {}, max {}, median CPU {}, peak RSS {}",
+            "{label}: median {}, min {}, max {}, median CPU {}, peak RSS {} (load average {})",
             secs(summary.median),
             secs(summary.min),
             secs(summary.max),
             summary.median_cpu.map_or_else(|| "n/a".to_owned(), secs),
-            summary.peak_rss_mib()
+            summary.peak_rss_mib(),
+            load_average()
         );
         self.results.push(Measured {
             label,
@@ -430,6 +531,7 @@ impl Bench {
             divergences,
             summary,
             target,
+            load: load_average(),
         });
         Ok(())
     }
@@ -437,17 +539,30 @@ impl Bench {
     /// The results as a Markdown table, then peak memory of 1M against 4M rows.
     fn print_table(&self) {
         println!(
-            "\n| scenario | data | exit | divergences | runs | median wall | min wall | median CPU | peak RSS | target |"
+            "\n| scenario | data | exit | divergences | runs | median wall | min wall | median CPU | peak RSS | load | target |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
         for m in &self.results {
-            let target = match m.target {
-                Some(t) if m.summary.median <= t => format!("<= {} met", secs(t)),
-                Some(t) => format!("<= {} MISSED", secs(t)),
-                None => "-".to_owned(),
+            let mut verdicts = Vec::new();
+            if let Some(t) = m.target.wall {
+                let met = if m.summary.median <= t { "met" } else { "MISSED" };
+                verdicts.push(format!("<= {} {met}", secs(t)));
+            }
+            if let Some(kib) = m.target.rss_kib {
+                let met = match m.summary.peak_rss_kib {
+                    Some(rss) if rss <= kib => "met",
+                    Some(_) => "MISSED",
+                    None => "unmeasured",
+                };
+                verdicts.push(format!("RSS <= {} MiB {met}", kib / 1024));
+            }
+            let target = if verdicts.is_empty() {
+                "-".to_owned()
+            } else {
+                verdicts.join(", ")
             };
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 m.label,
                 m.data,
                 m.exit,
@@ -457,6 +572,7 @@ impl Bench {
                 secs(m.summary.min),
                 m.summary.median_cpu.map_or_else(|| "n/a".to_owned(), secs),
                 m.summary.peak_rss_mib(),
+                m.load,
                 target
             );
         }
@@ -497,6 +613,15 @@ fn print_sample(what: &str, run: usize, sample: &Sample) {
         format!("{what} ")
     };
     println!("{what}run {run}: {} wall, {cpu} CPU, peak RSS {rss}", secs(sample.wall));
+}
+
+/// A row count as `10M`, `100k` or `1234`.
+fn human(n: u64) -> String {
+    match n {
+        _ if n >= 1_000_000 && n.is_multiple_of(1_000_000) => format!("{}M", n / 1_000_000),
+        _ if n >= 1000 && n.is_multiple_of(1000) => format!("{}k", n / 1000),
+        _ => n.to_string(),
+    }
 }
 
 /// The `N` of rclone's closing "N differences found" line.

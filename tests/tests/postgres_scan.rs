@@ -6,43 +6,12 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use driftless_tests::{Named, assert_exactly, divergences, run_driftless, sqlite, write_config};
+use driftless_tests::{Named, assert_exactly, divergences, fresh_pg_database, run_driftless, sqlite, write_config};
 use serde_json::json;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
 
 /// Rows per generated table.
 const ROWS: i64 = 3000;
-
-fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .expect("DATABASE_URL is not set: run the tests through scripts/test, which starts PostgreSQL")
-}
-
-/// A fresh database for one test, so tests can run in parallel.
-async fn fresh_database(name: &str) -> (PgPool, String) {
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&database_url())
-        .await
-        .expect("connect");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&database_url()).unwrap();
-    url.set_path(name);
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(url.as_str())
-        .await
-        .expect("connect test db");
-    (pool, url.to_string())
-}
 
 /// One logical row, written identically into PostgreSQL and SQLite.
 struct Row {
@@ -159,7 +128,7 @@ fn expect(stage: &str, id: i64, kind: &str) -> Named {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_and_sqlite_copies_compare_equal_and_name_mutations() {
-    let (pool, url) = fresh_database("driftless_types").await;
+    let (pool, url) = fresh_pg_database("driftless_types").await;
     fill_pg(&pool, "canonical").await;
     fill_pg(&pool, "mirror").await;
     let dir = tempfile::tempdir().unwrap();
@@ -259,7 +228,7 @@ async fn postgres_and_sqlite_copies_compare_equal_and_name_mutations() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn locale_collated_composite_keys_give_no_false_divergence() {
-    let (pool, url) = fresh_database("driftless_collation").await;
+    let (pool, url) = fresh_pg_database("driftless_collation").await;
     // und-x-icu orders 'a' < 'B' < 'ä' < 'Z'; bytewise it is 'B' < 'Z' < 'a' < 'ä'.
     let names = ["a", "B", "ä", "Z", "", " ", "a b", "Äpfel", "b"];
     for table in ["c", "s"] {
@@ -300,7 +269,7 @@ async fn locale_collated_composite_keys_give_no_false_divergence() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_errors_name_dataset_and_copy_without_the_password() {
-    let (pool, url) = fresh_database("driftless_errors").await;
+    let (pool, url) = fresh_pg_database("driftless_errors").await;
     sqlx::raw_sql("CREATE TABLE nokey (id int, v text); CREATE TABLE t (id int PRIMARY KEY, v text);")
         .execute(&pool)
         .await
@@ -359,7 +328,7 @@ async fn large_key_gaps_split_into_balanced_ranges() {
     use driftless_store::Store;
     use driftless_store_postgres::PgStore;
 
-    let (pool, url) = fresh_database("driftless_gaps").await;
+    let (pool, url) = fresh_pg_database("driftless_gaps").await;
     // Three dense clusters separated by gaps of a trillion and more: arithmetic splits of
     // min..max would put nearly every row in the first and last range.
     sqlx::raw_sql(
@@ -397,7 +366,7 @@ async fn pushdown_leaves_agree_with_row_digest_leaves() {
     use driftless_store::Store;
     use driftless_store_postgres::PgStore;
 
-    let (pool, url) = fresh_database("driftless_pushdown").await;
+    let (pool, url) = fresh_pg_database("driftless_pushdown").await;
     for table in ["a", "b"] {
         sqlx::raw_sql(&format!(
             "CREATE TABLE {table} (k int8, name text COLLATE \"und-x-icu\", u uuid, v numeric(12,2), w text,
@@ -448,7 +417,7 @@ async fn pushdown_leaves_agree_with_row_digest_leaves() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_scans_record_distinct_runs_in_one_postgres_control_plane() {
-    let (pool, url) = fresh_database("driftless_control").await;
+    let (pool, url) = fresh_pg_database("driftless_control").await;
     sqlx::raw_sql(
         "CREATE TABLE c (id int PRIMARY KEY, v text); INSERT INTO c SELECT g, 'v' || g FROM generate_series(1, 20000) g;
          CREATE TABLE s AS SELECT * FROM c; ALTER TABLE s ADD PRIMARY KEY (id); DELETE FROM s WHERE id = 77;",

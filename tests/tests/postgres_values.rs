@@ -6,33 +6,8 @@
 use driftless_core::{Boundaries, DigestAlgorithm, Key, RowHasher, Tree};
 use driftless_store::{Schema, Store};
 use driftless_store_postgres::PgStore;
+use driftless_tests::fresh_pg_database;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
-
-/// A fresh database for one test, so tests can run in parallel.
-async fn fresh_database(name: &str) -> (PgPool, String) {
-    let base = std::env::var("DATABASE_URL")
-        .expect("DATABASE_URL is not set: run the tests through scripts/test, which starts PostgreSQL");
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&base)
-        .await
-        .expect("connect");
-    for statement in [
-        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        format!("CREATE DATABASE {name}"),
-    ] {
-        sqlx::query(&statement).execute(&admin).await.unwrap();
-    }
-    let mut url = url::Url::parse(&base).unwrap();
-    url.set_path(name);
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(url.as_str())
-        .await
-        .expect("connect test db");
-    (pool, url.to_string())
-}
 
 /// Edge values per column type, as SQL literals; row `i` takes value `i % len` of each.
 const COLUMNS: &[(&str, &str, &[&str])] = &[
@@ -284,7 +259,7 @@ async fn text_digests(store: &PgStore, schema: &Schema, hasher: &RowHasher, keys
 
 #[tokio::test(flavor = "multi_thread")]
 async fn binary_reads_digest_every_edge_value_like_its_text_form() {
-    let (pool, url) = fresh_database("driftless_values").await;
+    let (pool, url) = fresh_pg_database("driftless_values").await;
     create_edge_table(&pool, "edges").await;
     let store = PgStore::open(&url, "edges").await.unwrap();
     let schema = store.schema(&[], None).await.unwrap();
@@ -335,7 +310,7 @@ async fn pushdown_sees(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pushdown_hashes_see_changes_and_ignore_equal_forms() {
-    let (pool, url) = fresh_database("driftless_pushdown_values").await;
+    let (pool, url) = fresh_pg_database("driftless_pushdown_values").await;
     create_edge_table(&pool, "a").await;
     sqlx::raw_sql(
         "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
@@ -417,7 +392,7 @@ async fn pushdown_hashes_see_changes_and_ignore_equal_forms() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pushdown_places_every_kind_of_key_like_leaf_of() {
-    let (pool, url) = fresh_database("driftless_pushdown_keys").await;
+    let (pool, url) = fresh_pg_database("driftless_pushdown_keys").await;
     sqlx::raw_sql(
         "CREATE TABLE ints (k int4 PRIMARY KEY, v text);
          INSERT INTO ints SELECT g * 7 - 9000, 'v' || g FROM generate_series(1, 3000) g;
@@ -456,7 +431,7 @@ async fn pushdown_places_every_kind_of_key_like_leaf_of() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn samples_spread_over_tables_views_and_small_tables() {
-    let (pool, url) = fresh_database("driftless_samples").await;
+    let (pool, url) = fresh_pg_database("driftless_samples").await;
     sqlx::raw_sql(
         "CREATE TABLE big (id int8 PRIMARY KEY, pad text);
          INSERT INTO big SELECT g, repeat('x', g % 300) FROM generate_series(1, 50000) g;

@@ -31,6 +31,8 @@ use sqlx::{Postgres, Sqlite};
 const POOL_CONNECTIONS: u32 = 4;
 /// How long a SQLite writer waits for another process's write lock.
 const SQLITE_BUSY_TIMEOUT_SECS: u64 = 30;
+/// Leaf rows per statement on SQLite (six bound values a row).
+const LEAF_ROWS_PER_STATEMENT: usize = 1000;
 /// How long opening the control plane may wait for a connection.
 const CONNECT_TIMEOUT_SECS: u64 = 10;
 
@@ -334,19 +336,24 @@ impl ControlPlane {
                 }
                 Db::Sqlite(pool) => {
                     let mut tx = pool.begin().await?;
-                    for (i, (c, s)) in leaves.iter().enumerate() {
-                        sqlx::query(
-                            "INSERT INTO leaf_digests (run_id, dataset, copy, leaf, count, sum_hex) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                             ON CONFLICT (run_id, dataset, copy, leaf) DO UPDATE SET count = excluded.count, sum_hex = excluded.sum_hex",
-                        )
-                        .bind(run_id)
-                        .bind(dataset)
-                        .bind(copy)
-                        .bind(i as i64)
-                        .bind(queue::saturating(*c))
-                        .bind(queue::hex128(*s))
-                        .execute(&mut *tx)
-                        .await?;
+                    let numbered: Vec<(usize, &(u64, u128))> = leaves.iter().enumerate().collect();
+                    for chunk in numbered.chunks(LEAF_ROWS_PER_STATEMENT) {
+                        let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+                            "INSERT INTO leaf_digests (run_id, dataset, copy, leaf, count, sum_hex) ",
+                        );
+                        insert.push_values(chunk, |mut row, (i, (c, s))| {
+                            row.push_bind(run_id)
+                                .push_bind(dataset)
+                                .push_bind(copy)
+                                .push_bind(*i as i64)
+                                .push_bind(queue::saturating(*c))
+                                .push_bind(queue::hex128(*s));
+                        });
+                        insert.push(
+                            " ON CONFLICT (run_id, dataset, copy, leaf) DO UPDATE SET count = excluded.count, \
+                             sum_hex = excluded.sum_hex",
+                        );
+                        insert.build().execute(&mut *tx).await?;
                     }
                     tx.commit().await
                 }

@@ -177,6 +177,9 @@ enum Due {
 /// Entries an enqueue adds before PostgreSQL's statistics of the queue are refreshed.
 const ANALYZE_AFTER_ROWS: usize = 1000;
 
+/// Rows per statement on SQLite (12 bound values a row, well under SQLite's limit).
+const SQLITE_CHUNK_ROWS: usize = 500;
+
 /// Rows per bulk statement on PostgreSQL (arrays bound once per chunk).
 const PG_CHUNK_ROWS: usize = 2000;
 
@@ -227,26 +230,31 @@ impl ControlPlane {
                     Ok(())
                 }
                 Db::Sqlite(pool) => {
-                    let sql = format!(
-                        "INSERT INTO divergences (dataset, stage, key_bytes, key_json, kind, canonical_digest, \
-                         stage_digest, stage_count, first_seen_us, last_seen_us, last_run_id, next_attempt_us) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, 0) {UPSERT_SET}"
-                    );
+                    // Many rows per statement: one statement per entry costs a round trip to
+                    // the database thread each, which dominated large enqueues.
                     let mut tx = pool.begin().await?;
-                    for d in found {
-                        sqlx::query(&sql)
-                            .bind(dataset)
-                            .bind(stage)
-                            .bind(&d.key_bytes)
-                            .bind(&d.key_json)
-                            .bind(&d.kind)
-                            .bind(d.canonical_digest.map(hex128))
-                            .bind(stage_digest(d))
-                            .bind(saturating(d.stage_count))
-                            .bind(now_us)
-                            .bind(run_id)
-                            .execute(&mut *tx)
-                            .await?;
+                    for chunk in found.chunks(SQLITE_CHUNK_ROWS) {
+                        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                            "INSERT INTO divergences (dataset, stage, key_bytes, key_json, kind, canonical_digest, \
+                             stage_digest, stage_count, first_seen_us, last_seen_us, last_run_id, next_attempt_us) ",
+                        );
+                        insert.push_values(chunk, |mut row, d| {
+                            row.push_bind(dataset)
+                                .push_bind(stage)
+                                .push_bind(&d.key_bytes)
+                                .push_bind(&d.key_json)
+                                .push_bind(&d.kind)
+                                .push_bind(d.canonical_digest.map(hex128))
+                                .push_bind(stage_digest(d))
+                                .push_bind(saturating(d.stage_count))
+                                .push_bind(now_us)
+                                .push_bind(now_us)
+                                .push_bind(run_id)
+                                .push_bind(0i64);
+                        });
+                        insert.push(" ");
+                        insert.push(UPSERT_SET);
+                        insert.build().execute(&mut *tx).await?;
                     }
                     tx.commit().await
                 }

@@ -81,60 +81,9 @@ impl ControlPlane {
         now_us: i64,
         intents: &[Intent],
     ) -> Result<HashMap<String, KeyLedger>, ControlError> {
-        const INSERT: &str = "INSERT INTO repairs (repair_id, dataset, stage, key_bytes, run_id, applied_us, outcome, \
-                              target_digest, action, first_seen_us) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9) \
-                              ON CONFLICT (repair_id) DO NOTHING";
-        const SELECT: &str = "SELECT repair_id, outcome, target_digest FROM repairs \
-                              WHERE dataset = $1 AND stage = $2 AND key_bytes = $3 AND first_seen_us = $4";
-        macro_rules! record {
-            ($pool:expr, $sql:expr) => {
-                async {
-                    let mut tx = $pool.begin().await?;
-                    let mut out = HashMap::new();
-                    for i in intents {
-                        let inserted = sqlx::query(&$sql(INSERT))
-                            .bind(&i.repair_id)
-                            .bind(dataset)
-                            .bind(stage)
-                            .bind(&i.key_bytes)
-                            .bind(run_id)
-                            .bind(now_us)
-                            .bind(i.target_digest.map(hex128))
-                            .bind(&i.action)
-                            .bind(i.first_seen_us)
-                            .execute(&mut *tx)
-                            .await?
-                            .rows_affected();
-                        let rows = sqlx::query_as::<_, (String, String, Option<String>)>(&$sql(SELECT))
-                            .bind(dataset)
-                            .bind(stage)
-                            .bind(&i.key_bytes)
-                            .bind(i.first_seen_us)
-                            .fetch_all(&mut *tx)
-                            .await?;
-                        let mut entry = KeyLedger {
-                            existed: inserted == 0,
-                            ..KeyLedger::default()
-                        };
-                        for (id, outcome, target) in rows {
-                            if id == i.repair_id {
-                                entry.outcome = outcome;
-                            } else if outcome == "pending" {
-                                let target = target.and_then(|t| u128::from_str_radix(&t, 16).ok());
-                                entry.open_intents.push((id, target));
-                            }
-                        }
-                        out.insert(i.repair_id.clone(), entry);
-                    }
-                    tx.commit().await?;
-                    Ok::<_, sqlx::Error>(out)
-                }
-                .await
-            };
-        }
         let result = match &self.db {
             Db::Postgres(pool) => pg_record_intents(pool, run_id, dataset, stage, now_us, intents).await,
-            Db::Sqlite(pool) => record!(pool, sqlite_sql),
+            Db::Sqlite(pool) => sqlite_record_intents(pool, run_id, dataset, stage, now_us, intents).await,
         };
         result.map_err(|e| self.query_err(e))
     }
@@ -151,99 +100,9 @@ impl ControlPlane {
         backoff: &Backoff,
         settles: &[Settle],
     ) -> Result<Settled, ControlError> {
-        const QUEUE: &str = "UPDATE divergences SET state = $1, attempts = $2, next_attempt_us = $3, \
-                             last_error = $4, owner = NULL, lease_until_us = NULL \
-                             WHERE dataset = $5 AND stage = $6 AND key_bytes = $7 AND owner = $8 AND state = 'leased' \
-                             RETURNING attempts";
-        const RESEEN: &str = "UPDATE divergences SET state = 'pending', next_attempt_us = 0, owner = NULL, \
-                              lease_until_us = NULL, stage_digest = $1, stage_count = $2, kind = $3 \
-                              WHERE dataset = $4 AND stage = $5 AND key_bytes = $6 AND owner = $7 AND state = 'leased' \
-                              RETURNING attempts";
-        const ATTEMPTS: &str = "SELECT attempts FROM divergences WHERE dataset = $1 AND stage = $2 AND key_bytes = $3";
-        const LEDGER: &str = "UPDATE repairs SET outcome = CASE WHEN outcome = 'applied' THEN outcome ELSE $1 END, \
-                              applied_us = $2, applications = applications + $3, repeats = repeats + $4 \
-                              WHERE repair_id = $5";
-        macro_rules! settle {
-            ($pool:expr, $sql:expr) => {
-                async {
-                    let mut tx = $pool.begin().await?;
-                    let mut out = Vec::new();
-                    for s in settles {
-                        for l in &s.ledger {
-                            sqlx::query(&$sql(LEDGER))
-                                .bind(l.outcome)
-                                .bind(now_us)
-                                .bind(i64::from(l.applied_now))
-                                .bind(i64::from(l.repeat))
-                                .bind(&l.repair_id)
-                                .execute(&mut *tx)
-                                .await?;
-                        }
-                        if let Some(d) = &s.reseen {
-                            let changed = sqlx::query(&$sql(RESEEN))
-                                .bind((d.stage_count > 0).then(|| hex128(d.stage_sum)))
-                                .bind(saturating(d.stage_count))
-                                .bind(&d.kind)
-                                .bind(dataset)
-                                .bind(stage)
-                                .bind(&s.key_bytes)
-                                .bind(owner)
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                            if changed.is_some() {
-                                out.push((s.key_bytes.clone(), "pending".to_owned()));
-                            }
-                            continue;
-                        }
-                        let attempts: i64 = sqlx::query_scalar(&$sql(ATTEMPTS))
-                            .bind(dataset)
-                            .bind(stage)
-                            .bind(&s.key_bytes)
-                            .fetch_optional(&mut *tx)
-                            .await?
-                            .unwrap_or(0);
-                        let (state, attempts, next, error) = match &s.settlement {
-                            Settlement::Repaired => ("repaired", attempts, 0, None),
-                            Settlement::Resolved => ("resolved", attempts, 0, None),
-                            Settlement::Stale => ("stale", attempts, 0, None),
-                            Settlement::Failed { error } => {
-                                let attempts = attempts + 1;
-                                if attempts >= i64::from(backoff.max_attempts) {
-                                    ("dead", attempts, 0, Some(error.as_str()))
-                                } else {
-                                    (
-                                        "pending",
-                                        attempts,
-                                        now_us.saturating_add(backoff.delay_us(attempts)),
-                                        Some(error.as_str()),
-                                    )
-                                }
-                            }
-                        };
-                        let changed = sqlx::query(&$sql(QUEUE))
-                            .bind(state)
-                            .bind(attempts)
-                            .bind(next)
-                            .bind(error)
-                            .bind(dataset)
-                            .bind(stage)
-                            .bind(&s.key_bytes)
-                            .bind(owner)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                        if changed.is_some() {
-                            out.push((s.key_bytes.clone(), state.to_owned()));
-                        }
-                    }
-                    tx.commit().await?;
-                    Ok::<_, sqlx::Error>(out)
-                }
-                .await
-            };
-        }
         let result = match &self.db {
             Db::Postgres(pool) => pg_settle(pool, dataset, stage, owner, now_us, backoff, settles).await,
-            Db::Sqlite(pool) => settle!(pool, sqlite_sql),
+            Db::Sqlite(pool) => sqlite_settle(pool, dataset, stage, owner, now_us, backoff, settles).await,
         };
         result.map_err(|e| self.query_err(e))
     }
@@ -272,6 +131,171 @@ impl ControlPlane {
         };
         Ok(result.map_err(|e| self.query_err(e))?.into_iter().map(record).collect())
     }
+}
+
+/// Puts an entry back to pending against the stage state found now (`Settle::reseen`).
+const RESEEN: &str = "UPDATE divergences SET state = 'pending', next_attempt_us = 0, owner = NULL, \
+                      lease_until_us = NULL, stage_digest = $1, stage_count = $2, kind = $3 \
+                      WHERE dataset = $4 AND stage = $5 AND key_bytes = $6 AND owner = $7 AND state = 'leased' \
+                      RETURNING key_bytes";
+
+/// What the ledger holds for `intent`, from the ledger rows `(repair_id, outcome, target)`
+/// of its queue entry; `existed` when its id was there before this attempt.
+fn key_ledger<'r>(
+    intent: &Intent,
+    existed: bool,
+    rows: impl IntoIterator<Item = (&'r String, &'r String, &'r Option<String>)>,
+) -> KeyLedger {
+    let mut entry = KeyLedger {
+        existed,
+        ..KeyLedger::default()
+    };
+    for (id, outcome, target) in rows {
+        if *id == intent.repair_id {
+            entry.outcome.clone_from(outcome);
+        } else if outcome == "pending" {
+            let target = target.as_deref().and_then(|t| u128::from_str_radix(t, 16).ok());
+            entry.open_intents.push((id.clone(), target));
+        }
+    }
+    entry
+}
+
+/// A settlement's queue state, whether it is a failed attempt, and its error.
+fn queue_state(settlement: &Settlement) -> (&'static str, bool, Option<&str>) {
+    match settlement {
+        Settlement::Repaired => ("repaired", false, None),
+        Settlement::Resolved => ("resolved", false, None),
+        Settlement::Stale => ("stale", false, None),
+        Settlement::Failed { error } => ("pending", true, Some(error.as_str())),
+    }
+}
+
+/// [`ControlPlane::record_intents`] on SQLite: an insert and a read per intent, in one
+/// transaction on the local database.
+async fn sqlite_record_intents(
+    pool: &sqlx::SqlitePool,
+    run_id: &str,
+    dataset: &str,
+    stage: &str,
+    now_us: i64,
+    intents: &[Intent],
+) -> Result<HashMap<String, KeyLedger>, sqlx::Error> {
+    const INSERT: &str = "INSERT INTO repairs (repair_id, dataset, stage, key_bytes, run_id, applied_us, outcome, \
+                          target_digest, action, first_seen_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?9) \
+                          ON CONFLICT (repair_id) DO NOTHING";
+    const SELECT: &str = "SELECT repair_id, outcome, target_digest FROM repairs \
+                          WHERE dataset = ?1 AND stage = ?2 AND key_bytes = ?3 AND first_seen_us = ?4";
+    let mut tx = pool.begin().await?;
+    let mut out = HashMap::new();
+    for i in intents {
+        let inserted = sqlx::query(INSERT)
+            .bind(&i.repair_id)
+            .bind(dataset)
+            .bind(stage)
+            .bind(&i.key_bytes)
+            .bind(run_id)
+            .bind(now_us)
+            .bind(i.target_digest.map(hex128))
+            .bind(&i.action)
+            .bind(i.first_seen_us)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let rows = sqlx::query_as::<_, (String, String, Option<String>)>(SELECT)
+            .bind(dataset)
+            .bind(stage)
+            .bind(&i.key_bytes)
+            .bind(i.first_seen_us)
+            .fetch_all(&mut *tx)
+            .await?;
+        let entry = key_ledger(i, inserted == 0, rows.iter().map(|(a, b, c)| (a, b, c)));
+        out.insert(i.repair_id.clone(), entry);
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// [`ControlPlane::settle`] on SQLite: statements per entry, in one transaction on the local
+/// database.
+async fn sqlite_settle(
+    pool: &sqlx::SqlitePool,
+    dataset: &str,
+    stage: &str,
+    owner: &str,
+    now_us: i64,
+    backoff: &Backoff,
+    settles: &[Settle],
+) -> Result<Settled, sqlx::Error> {
+    const QUEUE: &str = "UPDATE divergences SET state = ?1, attempts = ?2, next_attempt_us = ?3, \
+                         last_error = ?4, owner = NULL, lease_until_us = NULL \
+                         WHERE dataset = ?5 AND stage = ?6 AND key_bytes = ?7 AND owner = ?8 AND state = 'leased' \
+                         RETURNING attempts";
+    const ATTEMPTS: &str = "SELECT attempts FROM divergences WHERE dataset = ?1 AND stage = ?2 AND key_bytes = ?3";
+    const LEDGER: &str = "UPDATE repairs SET outcome = CASE WHEN outcome = 'applied' THEN outcome ELSE ?1 END, \
+                          applied_us = ?2, applications = applications + ?3, repeats = repeats + ?4 \
+                          WHERE repair_id = ?5";
+    let reseen_sql = sqlite_sql(RESEEN);
+    let mut tx = pool.begin().await?;
+    let mut out = Vec::new();
+    for s in settles {
+        for l in &s.ledger {
+            sqlx::query(LEDGER)
+                .bind(l.outcome)
+                .bind(now_us)
+                .bind(i64::from(l.applied_now))
+                .bind(i64::from(l.repeat))
+                .bind(&l.repair_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(d) = &s.reseen {
+            let changed = sqlx::query_scalar::<_, Vec<u8>>(&reseen_sql)
+                .bind((d.stage_count > 0).then(|| hex128(d.stage_sum)))
+                .bind(saturating(d.stage_count))
+                .bind(&d.kind)
+                .bind(dataset)
+                .bind(stage)
+                .bind(&s.key_bytes)
+                .bind(owner)
+                .fetch_optional(&mut *tx)
+                .await?;
+            out.extend(changed.map(|k| (k, "pending".to_owned())));
+            continue;
+        }
+        let attempts: i64 = sqlx::query_scalar(ATTEMPTS)
+            .bind(dataset)
+            .bind(stage)
+            .bind(&s.key_bytes)
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or(0);
+        let (mut state, failed, error) = queue_state(&s.settlement);
+        let (attempts, mut next) = (attempts + i64::from(failed), 0);
+        if failed {
+            if attempts >= i64::from(backoff.max_attempts) {
+                state = "dead";
+            } else {
+                next = now_us.saturating_add(backoff.delay_us(attempts));
+            }
+        }
+        let changed = sqlx::query(QUEUE)
+            .bind(state)
+            .bind(attempts)
+            .bind(next)
+            .bind(error)
+            .bind(dataset)
+            .bind(stage)
+            .bind(&s.key_bytes)
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if changed.is_some() {
+            out.push((s.key_bytes.clone(), state.to_owned()));
+        }
+    }
+    tx.commit().await?;
+    Ok(out)
 }
 
 /// [`ControlPlane::record_intents`] on PostgreSQL: two statements over arrays, whatever the
@@ -329,22 +353,11 @@ async fn pg_record_intents(
     }
     let mut out = HashMap::new();
     for i in intents {
-        let mut entry = KeyLedger {
-            existed: !inserted.contains(&i.repair_id),
-            ..KeyLedger::default()
-        };
-        for (id, outcome, target) in by_entry
+        let rows = by_entry
             .get(&(i.key_bytes.clone(), i.first_seen_us))
             .into_iter()
-            .flatten()
-        {
-            if *id == i.repair_id {
-                entry.outcome.clone_from(outcome);
-            } else if outcome == "pending" {
-                let target = target.as_deref().and_then(|t| u128::from_str_radix(t, 16).ok());
-                entry.open_intents.push((id.clone(), target));
-            }
-        }
+            .flatten();
+        let entry = key_ledger(i, !inserted.contains(&i.repair_id), rows.map(|(a, b, c)| (a, b, c)));
         out.insert(i.repair_id.clone(), entry);
     }
     Ok(out)
@@ -378,10 +391,6 @@ async fn pg_settle(
                          WHERE d.dataset = $1 AND d.stage = $2 AND d.owner = $3 AND d.state = 'leased' AND d.key_bytes = u.k \
                          AND d.key_bytes = ANY($8) \
                          RETURNING d.key_bytes, d.state";
-    const RESEEN: &str = "UPDATE divergences SET state = 'pending', next_attempt_us = 0, owner = NULL, \
-                          lease_until_us = NULL, stage_digest = $1, stage_count = $2, kind = $3 \
-                          WHERE dataset = $4 AND stage = $5 AND key_bytes = $6 AND owner = $7 AND state = 'leased' \
-                          RETURNING key_bytes";
     let updates: Vec<&LedgerUpdate> = settles.iter().flat_map(|s| &s.ledger).collect();
     let mut tx = pool.begin().await?;
     if !updates.is_empty() {
@@ -416,14 +425,9 @@ async fn pg_settle(
         let (mut keys, mut states, mut fails, mut errors) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for s in &plain {
             keys.push(s.key_bytes.as_slice());
-            let (state, fail, error) = match &s.settlement {
-                Settlement::Repaired => ("repaired", 0i64, None),
-                Settlement::Resolved => ("resolved", 0, None),
-                Settlement::Stale => ("stale", 0, None),
-                Settlement::Failed { error } => ("pending", 1, Some(error.as_str())),
-            };
+            let (state, failed, error) = queue_state(&s.settlement);
             states.push(state);
-            fails.push(fail);
+            fails.push(i64::from(failed));
             errors.push(error);
         }
         let rows = sqlx::query_as::<_, (Vec<u8>, String)>(QUEUE)

@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use driftless_control::{ControlPlane, Detected};
+use driftless_control::{ControlPlane, Detected, EntryRecord};
 use driftless_core::{Divergence, DivergenceKind, Key, KeyDivergence, KeyRange, LogicalType, by_key};
-use driftless_store::{Column, Schema};
+use driftless_store::{Column, Progress, Schema};
 use tokio::sync::Notify;
 use tracing::info;
 
@@ -132,13 +132,40 @@ enum Source {
     Keys(Vec<Key>),
 }
 
+/// One step of detection or verification: a range, or a batch of keys.
+#[derive(Debug)]
+enum Chunk<'a> {
+    Range(&'a KeyRange),
+    Keys(&'a [Key]),
+}
+
+/// The steps `source` is read in: each range, or batches of [`KEY_BATCH`] keys.
+fn chunks(source: &Source) -> Vec<Chunk<'_>> {
+    match source {
+        Source::Ranges(ranges) => ranges.iter().map(Chunk::Range).collect(),
+        Source::Keys(keys) => keys.chunks(KEY_BATCH).map(Chunk::Keys).collect(),
+    }
+}
+
+/// The row-level divergences of one chunk, read from both copies.
+async fn compare_chunk(
+    plan: &DatasetPlan,
+    schema: &Schema,
+    stage: &CopyRef,
+    chunk: Chunk<'_>,
+    progress: &Progress,
+) -> Result<Vec<Divergence>, EngineError> {
+    match chunk {
+        Chunk::Range(range) => diff_range(plan, schema, stage, range.clone(), progress).await,
+        Chunk::Keys(keys) => diff_keys(plan, schema, stage, keys).await,
+    }
+}
+
 /// What detection of one stage found.
 #[derive(Debug, Default)]
 struct Found {
     divergences: Vec<Divergence>,
     keys: Vec<KeyDivergence>,
-    /// Row-level divergences per key, so repaired keys count as the rows they were.
-    rows_of: HashMap<Vec<u8>, u64>,
     /// Time detection was paused by backpressure.
     paused: Duration,
 }
@@ -309,14 +336,18 @@ async fn run_stage(
     };
 
     let mut stats = stats.unwrap_or_default();
-    if status == "repaired" {
-        // Entries parked dead earlier are known and reported; they do not fail the check.
-        let dead = ctx
-            .control
+    let dead = if repairing {
+        ctx.control
             .entries(&plan.name, &stage.name, "dead")
             .await
-            .map_err(control_err)?;
-        stats.left.extend(dead.into_iter().map(|e| e.key_bytes));
+            .map_err(control_err)?
+    } else {
+        Vec::new()
+    };
+    if status == "repaired" {
+        // Entries parked dead (in this run or before) are known and reported; they do not
+        // fail the check.
+        stats.left.extend(dead.iter().map(|e| e.key_bytes.clone()));
         let (reason, still) = verify(plan, schema, stage, &source, &stats).await?;
         // A key written but found divergent again is not repaired, whatever its write did.
         stats.repaired.retain(|k| !still.contains(k));
@@ -330,32 +361,18 @@ async fn run_stage(
         }
     }
 
-    let repaired_rows: u64 = stats
-        .repaired
-        .iter()
-        .map(|k| found.rows_of.get(k).copied().unwrap_or(1))
-        .sum();
     let mut report = stage_report(&stage.name, schema, canonical_rows, stage_rows, &found.divergences);
-    report.repaired = repaired_rows.min(report.divergent);
+    // Repaired keys count as the row-level divergences they were.
+    report.repaired = found
+        .divergences
+        .iter()
+        .filter(|d| stats.repaired.contains(d.key.as_bytes()))
+        .count() as u64;
     let held_back = found.paused + pacer.as_ref().map_or(Duration::ZERO, Pacer::held_back);
     if repairing {
-        report.repair = Some(
-            repair_report(
-                plan,
-                ctx,
-                schema,
-                stage,
-                &found,
-                &stats,
-                status,
-                held.clone(),
-                held_back,
-            )
-            .await?,
-        );
-        if held.is_some() && status == "held" {
-            report.repair.as_mut().expect("just set").reason = held.clone();
-        }
+        report.repair = Some(repair_report(
+            schema, stage, &found, &stats, dead, status, held, held_back,
+        ));
     }
     record_metrics(plan, ctx, stage, &report, &found, &stats, held_back).await?;
     Ok(report)
@@ -416,24 +433,11 @@ async fn detect(
     detected: &Notify,
 ) -> Result<Found, EngineError> {
     let mut found = Found::default();
-    let chunks: Vec<Source> = match source {
-        Source::Ranges(ranges) => ranges.iter().map(|r| Source::Ranges(vec![r.clone()])).collect(),
-        Source::Keys(keys) => keys.chunks(KEY_BATCH).map(|c| Source::Keys(c.to_vec())).collect(),
-    };
     let key_names = schema.key_names();
-    for chunk in chunks {
-        let mut divergences = match chunk {
-            Source::Ranges(mut r) => {
-                let range = r.pop().expect("one range per chunk");
-                diff_range(plan, schema, stage, range, &ctx.options.progress).await?
-            }
-            Source::Keys(keys) => diff_keys(plan, schema, stage, &keys).await?,
-        };
+    for chunk in chunks(source) {
+        let mut divergences = compare_chunk(plan, schema, stage, chunk, &ctx.options.progress).await?;
         let mut keys = by_key(&divergences);
         mark_duplicates(&mut divergences, &mut keys, duplicates);
-        for d in &divergences {
-            *found.rows_of.entry(d.key.as_bytes().to_vec()).or_default() += 1;
-        }
         let queued: Vec<Detected> = keys
             .iter()
             .map(|k| Detected {
@@ -506,18 +510,9 @@ async fn verify(
     stats: &RepairStats,
 ) -> Result<(Option<String>, HashSet<Vec<u8>>), EngineError> {
     let mut remaining = Vec::new();
-    match source {
-        Source::Ranges(ranges) => {
-            let progress = Arc::default();
-            for range in ranges {
-                remaining.extend(diff_range(plan, schema, stage, range.clone(), &progress).await?);
-            }
-        }
-        Source::Keys(keys) => {
-            for chunk in keys.chunks(KEY_BATCH) {
-                remaining.extend(diff_keys(plan, schema, stage, chunk).await?);
-            }
-        }
+    let progress = Arc::default();
+    for chunk in chunks(source) {
+        remaining.extend(compare_chunk(plan, schema, stage, chunk, &progress).await?);
     }
     let unexpected: Vec<Key> = by_key(&remaining)
         .into_iter()
@@ -649,28 +644,20 @@ impl RepairSetup {
     }
 }
 
-/// The repair section of a stage's report.
+/// The repair section of a stage's report; `dead` are the stage's dead queue entries.
 #[allow(clippy::too_many_arguments)]
-async fn repair_report(
-    plan: &DatasetPlan,
-    ctx: &RunContext,
+fn repair_report(
     schema: &Schema,
     stage: &CopyRef,
     found: &Found,
     stats: &RepairStats,
+    dead: Vec<EntryRecord>,
     status: &'static str,
     reason: Option<String>,
     held_back: Duration,
-) -> Result<StageRepairReport, EngineError> {
+) -> StageRepairReport {
     let key_names = schema.key_names();
-    let dead = ctx
-        .control
-        .entries(&plan.name, &stage.name, "dead")
-        .await
-        .map_err(|error| EngineError::Control {
-            dataset: plan.name.clone(),
-            error,
-        })?
+    let dead = dead
         .into_iter()
         .map(|e| DeadReport {
             key: serde_json::from_str(&e.key_json).unwrap_or(serde_json::Value::String(e.key_json)),
@@ -696,7 +683,7 @@ async fn repair_report(
     if !planned.is_empty() {
         outcomes.insert(RepairOutcome::Planned.as_str(), planned.len() as u64);
     }
-    Ok(StageRepairReport {
+    StageRepairReport {
         mode: stage.policy.mode.name(),
         status,
         reason,
@@ -706,7 +693,7 @@ async fn repair_report(
         planned,
         held_back_secs: held_back.as_secs_f64(),
         detection_paused_secs: found.paused.as_secs_f64(),
-    })
+    }
 }
 
 /// The write a divergent key would get, from what detection saw.

@@ -18,7 +18,7 @@ use serde_json::Value as Json;
 use crate::scan::{CopyRef, DatasetPlan, EngineError, canonical_label, stage_label};
 
 /// Keys a run is scoped to, as given on the command line.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Scope {
     /// `--keys FILE`: the file's name and, per line, its number and its key (a JSON object
     /// with one member per key column, or a bare value for a one-column key).

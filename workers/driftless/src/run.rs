@@ -16,7 +16,7 @@ use driftless_engine::{
     CopyRef, DatasetPlan, Metrics, Mode, RepairMode, RunContext, RunReport, ScanOptions, Scope, run_dataset,
 };
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 
 use crate::config::{self, Loaded};
 use crate::open::{open_control, open_copy};
@@ -27,8 +27,8 @@ const PROGRESS_TICK_MS: u64 = 100;
 /// The Pushgateway job a run's metrics are pushed under.
 const PUSH_JOB: &str = "driftless";
 
-/// What a run covers.
-#[derive(Debug, Clone, Default)]
+/// What a run covers; recorded with the run as JSON.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Selection {
     datasets: Vec<String>,
     stages: Vec<String>,
@@ -114,44 +114,12 @@ fn read_keys(path: &Path) -> Result<Vec<(usize, Json)>> {
 
 /// The selection as the run records it, so `--approve` can continue it.
 fn scope_json(s: &Selection) -> String {
-    json!({
-        "datasets": s.datasets,
-        "stages": s.stages,
-        "since_us": s.scope.since_us,
-        "keys": s.scope.keys.as_ref().map(|(file, lines)| json!({"file": file, "lines": lines})),
-    })
-    .to_string()
+    // Strings, numbers and JSON values only: serialising cannot fail.
+    serde_json::to_string(s).unwrap_or_default()
 }
 
 fn selection_from_json(text: &str) -> Result<Selection> {
-    let v: Json = serde_json::from_str(text).context("the run's recorded scope is not JSON")?;
-    let strings = |name: &str| -> Vec<String> {
-        v[name]
-            .as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
-            .unwrap_or_default()
-    };
-    let keys = v["keys"].as_object().map(|k| {
-        let file = k.get("file").and_then(Json::as_str).unwrap_or("keys").to_owned();
-        let lines = k
-            .get("lines")
-            .and_then(Json::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|pair| Some((pair.get(0)?.as_u64()? as usize, pair.get(1)?.clone())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        (file, lines)
-    });
-    Ok(Selection {
-        datasets: strings("datasets"),
-        stages: strings("stages"),
-        scope: Scope {
-            keys,
-            since_us: v["since_us"].as_i64(),
-        },
-    })
+    serde_json::from_str(text).context("the run's recorded scope does not read back")
 }
 
 /// A run continued by `--approve`: its id and what was approved.

@@ -96,8 +96,37 @@ impl SqliteStore {
         let mut keys = keys.to_vec();
         keys.sort_unstable();
         keys.dedup();
-        let select = sql::point_select(&self.table, schema);
         let mut reader = RowReader::new(self, schema, hasher);
+        self.rows_with_keys(schema, keys, move |_, row| reader.digest_any(row))
+            .await
+    }
+
+    /// The values of every row with one of `keys`, in `keys` order (a key held twice
+    /// appears twice).
+    pub(crate) async fn fetch_rows(&self, schema: &Schema, keys: &[Key]) -> Result<Vec<(Key, Vec<Value>)>, StoreError> {
+        let columns = schema.clone();
+        self.rows_with_keys(schema, keys.to_vec(), move |key, row| {
+            let key_cols = columns.key.len();
+            let values = columns
+                .values
+                .iter()
+                .enumerate()
+                .map(|(i, c)| Ok(decode::value(raw_value(row, key_cols + i)?, c.ty)))
+                .collect::<Result<Vec<Value>, StoreError>>()?;
+            Ok((key.clone(), values))
+        })
+        .await
+    }
+
+    /// `on_row(key, row)` for every row of each of `keys`, in that order, by one prepared
+    /// point select on one connection.
+    async fn rows_with_keys<T: Send + 'static>(
+        &self,
+        schema: &Schema,
+        keys: Vec<Key>,
+        mut on_row: impl FnMut(&Key, &rusqlite::Row<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<Vec<T>, StoreError> {
+        let select = sql::point_select(&self.table, schema);
         let result = with_connection(&self.pool, move |db| {
             let mut statement = db.prepare(&select).map_err(sql_err)?;
             let mut out = Vec::with_capacity(keys.len());
@@ -105,38 +134,8 @@ impl SqliteStore {
                 let binds = sql::key_binds(key).map_err(RawError::Row)?;
                 let mut rows = statement.query(params_from_iter(binds)).map_err(sql_err)?;
                 while let Some(row) = rows.next().map_err(sql_err)? {
-                    out.push(reader.digest_any(row).map_err(|e| RawError::Row(e.to_string()))?);
-                }
-            }
-            Ok(out)
-        })
-        .await;
-        result.map_err(|e| self.raw_err(e))
-    }
-
-    /// The values of every row with one of `keys` (the last row when a key is held twice).
-    pub(crate) async fn fetch_rows(&self, schema: &Schema, keys: &[Key]) -> Result<Vec<(Key, Vec<Value>)>, StoreError> {
-        let select = sql::point_select(&self.table, schema);
-        let (location, schema, keys) = (self.location.clone(), schema.clone(), keys.to_vec());
-        let result = with_connection(&self.pool, move |db| {
-            let mut statement = db.prepare(&select).map_err(sql_err)?;
-            let mut out = Vec::with_capacity(keys.len());
-            let key_cols = schema.key.len();
-            for key in keys {
-                let binds = sql::key_binds(&key).map_err(RawError::Row)?;
-                let mut rows = statement.query(params_from_iter(binds)).map_err(sql_err)?;
-                let mut found = None;
-                while let Some(row) = rows.next().map_err(sql_err)? {
-                    let values: Result<Vec<Value>, StoreError> = schema
-                        .values
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| Ok(decode::value(raw_value(row, key_cols + i)?, c.ty)))
-                        .collect();
-                    found = Some(values.map_err(|e| RawError::Row(format!("{location}: {e}")))?);
-                }
-                if let Some(values) = found {
-                    out.push((key, values));
+                    // `raw_err` names the copy.
+                    out.push(on_row(key, row).map_err(|e| RawError::Row(e.to_string()))?);
                 }
             }
             Ok(out)

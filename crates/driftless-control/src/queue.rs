@@ -295,7 +295,7 @@ impl ControlPlane {
                     let mut resolved = 0;
                     // The intents first: the entries they match are about to change state.
                     for text in [&intents, &entries] {
-                        resolved = sqlx::query(&$sql(text))
+                        resolved = sqlx::query(&$sql(text.as_str()))
                             .bind(dataset)
                             .bind(stage)
                             .bind(run_id)
@@ -311,8 +311,8 @@ impl ControlPlane {
             };
         }
         let result = match &self.db {
-            Db::Postgres(pool) => resolve!(pool, |s: &String| s.clone()),
-            Db::Sqlite(pool) => resolve!(pool, |s: &String| sqlite_sql(s)),
+            Db::Postgres(pool) => resolve!(pool, str::to_owned),
+            Db::Sqlite(pool) => resolve!(pool, sqlite_sql),
         };
         result.map_err(|e| self.query_err(e))
     }
@@ -426,12 +426,7 @@ impl ControlPlane {
                            ORDER BY key_bytes LIMIT $6 FOR UPDATE SKIP LOCKED) \
                      UPDATE divergences d SET state = 'leased', owner = $1, lease_until_us = $2 \
                      WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM c)) \
-                     RETURNING {}",
-                    LEASED_COLUMNS
-                        .split(", ")
-                        .map(|c| format!("d.{c}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                     RETURNING {LEASED_COLUMNS}"
                 );
                 sqlx::query_as::<_, LeasedRow>(&sql)
                     .bind(owner)

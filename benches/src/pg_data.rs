@@ -15,11 +15,10 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
-use serde_json::json;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::Divergence;
-use crate::sqlite_data::{DELETES, DIVERGENCES, UPDATES};
+use crate::sqlite_data::mutations_sql;
 
 /// The table every copy holds.
 pub const TABLE: &str = "items";
@@ -154,42 +153,9 @@ fn canonical_sql(rows: u64) -> String {
 }
 
 /// The SQL that makes the stage diverge, and the divergences it makes: the keys and
-/// changes of the SQLite scenarios (`sqlite_data`), in PostgreSQL's dialect.
+/// changes of the SQLite scenarios, in PostgreSQL's dialect.
 fn stage_mutations(rows: u64) -> (String, BTreeSet<Divergence>) {
-    let slots = DIVERGENCES as u64;
-    let id_at = |k: usize| ((2 * k as u64 + 1) * rows / (2 * slots)) as i64 * 2;
-    let key = |id: i64| json!({ "id": id }).to_string();
-    let mut sql = String::new();
-    let mut expected = BTreeSet::new();
-    for k in 0..UPDATES {
-        let id = id_at(k);
-        let set = match k % 4 {
-            0 => "status = 'disputed'",
-            1 => "amount = amount + 0.01",
-            2 => "payload = coalesce(payload, '') || ' (edited)'",
-            _ => "updated_at = '2030-01-01 00:00:00+00'",
-        };
-        sql += &format!("UPDATE {TABLE} SET {set} WHERE id = {id};\n");
-        expected.insert((key(id), "changed".to_owned()));
-    }
-    for k in UPDATES..UPDATES + DELETES {
-        let id = id_at(k);
-        sql += &format!("DELETE FROM {TABLE} WHERE id = {id};\n");
-        expected.insert((key(id), "missing".to_owned()));
-    }
-    let max_id = (rows.saturating_sub(1) * 2) as i64;
-    for k in UPDATES + DELETES..DIVERGENCES {
-        let id = match k - UPDATES - DELETES {
-            0 => -1,
-            1 => max_id + 1,
-            _ => id_at(k) + 1,
-        };
-        sql += &format!(
-            "INSERT INTO {TABLE} VALUES ({id}, 0, 1.5, 'new', '2024-06-01 00:00:00+00', 'inserted in the stage');\n"
-        );
-        expected.insert((key(id), "extra".to_owned()));
-    }
-    (sql, expected)
+    mutations_sql(rows, "+00")
 }
 
 /// Loads `items` and its primary key into shared buffers with `pg_prewarm`, where the
@@ -210,6 +176,7 @@ pub async fn prewarm(url: &str) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sqlite_data::DIVERGENCES;
 
     #[test]
     fn mutations_touch_distinct_keys() {

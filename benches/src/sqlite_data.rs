@@ -109,10 +109,17 @@ fn canonical_sql(rows: u64) -> String {
     )
 }
 
-/// The SQL that makes `stage.db` diverge, and the divergences it makes. Keys are spread
-/// evenly over the id range; inserts take odd ids (gaps in canonical), one below the
-/// smallest key and one above the largest.
+/// The SQL that makes `stage.db` diverge, and the divergences it makes.
 fn stage_mutations(rows: u64) -> (String, BTreeSet<Divergence>) {
+    mutations_sql(rows, "")
+}
+
+/// The SQL that makes a stage of `rows` rows diverge, and the divergences it makes; the
+/// SQLite and PostgreSQL scenarios share it, `zone` ending every timestamp literal (`""`
+/// for SQLite's, `"+00"` for PostgreSQL's). Keys are spread evenly over the id range;
+/// inserts take odd ids (gaps in canonical), one below the smallest key and one above the
+/// largest.
+pub(crate) fn mutations_sql(rows: u64, zone: &str) -> (String, BTreeSet<Divergence>) {
     let slots = DIVERGENCES as u64;
     // The canonical id at the middle of slot `k` of `slots` equal slices of the rows.
     let id_at = |k: usize| ((2 * k as u64 + 1) * rows / (2 * slots)) as i64 * 2;
@@ -125,7 +132,12 @@ fn stage_mutations(rows: u64) -> (String, BTreeSet<Divergence>) {
             0 => "status = 'disputed'",
             1 => "amount = amount + 0.01",
             2 => "payload = coalesce(payload, '') || ' (edited)'",
-            _ => "updated_at = '2030-01-01 00:00:00'",
+            _ => "updated_at = '2030-01-01 00:00:00",
+        };
+        let set = if k % 4 == 3 {
+            format!("{set}{zone}'")
+        } else {
+            set.to_owned()
         };
         sql += &format!("UPDATE {TABLE} SET {set} WHERE id = {id};\n");
         expected.insert((key(id), "changed".to_owned()));
@@ -143,7 +155,7 @@ fn stage_mutations(rows: u64) -> (String, BTreeSet<Divergence>) {
             _ => id_at(k) + 1,
         };
         sql += &format!(
-            "INSERT INTO {TABLE} VALUES ({id}, 0, 1.5, 'new', '2024-06-01 00:00:00', 'inserted in the stage');\n"
+            "INSERT INTO {TABLE} VALUES ({id}, 0, 1.5, 'new', '2024-06-01 00:00:00{zone}', 'inserted in the stage');\n"
         );
         expected.insert((key(id), "extra".to_owned()));
     }

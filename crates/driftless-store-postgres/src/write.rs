@@ -436,6 +436,11 @@ async fn write_one(
                 q.execute(&mut **tx).await?;
             }
         }
+        WriteAction::PutObject(_) => {
+            return Err(sqlx::Error::Protocol(
+                "an object write reached a PostgreSQL table: canonical is an object copy and this stage is not".into(),
+            ));
+        }
         WriteAction::Delete => {
             bind_key(sqlx::query(&statements.delete()), key)
                 .execute(&mut **tx)

@@ -19,9 +19,15 @@
 //! still holds that, in one transaction with the check. Scoped runs and the duplicate-commit
 //! check read by key: [`Store::digest_keys`], [`Store::keys_since`],
 //! [`Store::duplicate_groups`].
+//!
+//! Object stores share one row model ([`object`]): `(key, size, content fingerprint)`.
+//! Their listing fingerprints can differ for equal bytes, so the engine asks both copies to
+//! [settle](Store::settle_keys) a changed key before reporting it.
 
+pub mod object;
 pub mod write;
 
+pub use object::{CompareMode, ObjectSource, SourceRef};
 pub use write::{WriteAction, WriteOp, WriteResult};
 
 use std::fmt;
@@ -266,6 +272,27 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn duplicate_groups(&self, schema: &Schema, columns: &[String]) -> Result<Vec<Vec<Key>>, StoreError> {
         let _ = (schema, columns);
         Err(self.unsupported("cannot group rows by a dedupe key"))
+    }
+
+    /// Whether this copy's scan digests can differ from another copy's while the content
+    /// is equal (an object store fingerprinting by ETag or checksum), so that a changed key
+    /// must be settled with [`Store::settle_keys`] on both copies before it is reported.
+    fn settles(&self, schema: &Schema) -> bool {
+        let _ = schema;
+        false
+    }
+
+    /// Digests of `keys` by what they hold, comparable across every copy whose
+    /// [`Store::settles`] is true or whose digests are by content: for object stores, size
+    /// and the MD5 of the bytes (read only where no listing gives it). Keys not present are
+    /// left out. The default is [`Store::digest_keys`].
+    async fn settle_keys(&self, schema: &Schema, keys: &[Key], hasher: &RowHasher) -> Result<DigestBatch, StoreError> {
+        self.digest_keys(schema, keys, hasher).await
+    }
+
+    /// This copy as the source of object repairs, for an object store.
+    fn object_source(&self) -> Option<Arc<dyn ObjectSource>> {
+        None
     }
 
     /// The error for an operation this kind of store does not offer.

@@ -9,6 +9,8 @@
 
 use driftless_core::{Aggregate, Key, Value};
 
+use crate::object::SourceRef;
+
 /// One conditional write.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WriteOp {
@@ -28,6 +30,9 @@ pub enum WriteAction {
     /// no row, an update of the row when it has one, and a delete and insert when it has
     /// several.
     Put(Vec<Value>),
+    /// Make the object with this key hold the bytes the source (canonical) holds for it
+    /// now, streamed or copied server-side; an object store's form of `Put`.
+    PutObject(SourceRef),
     /// Remove every row with this key.
     Delete,
     /// Run a user's compensating statement, written with the store's own placeholders
@@ -44,7 +49,7 @@ impl WriteAction {
     /// `put`, `delete` or `compensate`, as the ledger records it.
     pub fn name(&self) -> &'static str {
         match self {
-            WriteAction::Put(_) => "put",
+            WriteAction::Put(_) | WriteAction::PutObject(_) => "put",
             WriteAction::Delete => "delete",
             WriteAction::Statement { .. } => "compensate",
         }

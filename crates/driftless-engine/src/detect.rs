@@ -107,7 +107,7 @@ pub async fn diff_keys(
                 .map_err(err(stage_label(&stage.name)))
         },
     )?;
-    Ok(merge_join(canonical, staged))
+    crate::settle::settle(plan, schema, stage, merge_join(canonical, staged)).await
 }
 
 /// The stage keys that repeat a commit of the dataset's `dedupe_key`, per the module docs.

@@ -15,6 +15,8 @@
 //! - [`repair`]: one stage's repairer (lease, re-read canonical, ledger intent, conditional
 //!   write, settle). [`compensate`] compiles compensating statements; [`policy`] holds
 //!   the per-stage policy and run-wide settings; [`detect`] scoped runs and duplicate commits.
+//! - [`settle`]: changed object keys whose fingerprints cannot be compared are settled by
+//!   content on both copies before they are reported.
 //!
 //! The engine depends on the store traits only; the binary chooses the implementations.
 
@@ -27,6 +29,7 @@ pub mod repair;
 pub mod report;
 pub mod run;
 pub mod scan;
+pub mod settle;
 
 pub use detect::Scope;
 pub use metrics::{Metrics, MetricsError, RepairOutcome};

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use driftless_control::{Detected, Intent, KeyLedger, Leased, LedgerUpdate, Settle, Settlement};
 use driftless_core::{Aggregate, Digest, DivergenceKind, Key, KeyPart, RowHasher, Value};
-use driftless_store::{Schema, Store, WriteAction, WriteOp, WriteResult};
+use driftless_store::{Schema, SourceRef, Store, WriteAction, WriteOp, WriteResult};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
@@ -394,7 +394,8 @@ impl Repairer<'_> {
             now.entry(key).or_insert(Now { digest, values: None });
         }
         let needs_values = match self.mode {
-            RepairMode::Overwrite => true,
+            // Objects are streamed from canonical at write time, never read into values.
+            RepairMode::Overwrite => self.canonical.object_source().is_none(),
             RepairMode::Compensate(_) => self
                 .statements
                 .values()
@@ -421,6 +422,11 @@ impl Repairer<'_> {
     /// for its kind.
     fn action(&self, leased: &Leased, key: &Key, canon: Option<&Now>, repair_id: &str) -> Option<WriteAction> {
         match self.mode {
+            RepairMode::Overwrite | RepairMode::Report if canon.is_some() && self.canonical.object_source().is_some() => {
+                self.canonical
+                    .object_source()
+                    .map(|source| WriteAction::PutObject(SourceRef(source)))
+            }
             RepairMode::Overwrite | RepairMode::Report => Some(match canon.and_then(|c| c.values.as_ref()) {
                 Some(values) => {
                     let mut row = key_values(key);

@@ -399,5 +399,5 @@ pub async fn diff_range(
                 .map_err(err(stage_label(&stage.name)))
         },
     )?;
-    Ok(merge_join(canonical_rows, stage_rows))
+    crate::settle::settle(plan, schema, stage, merge_join(canonical_rows, stage_rows)).await
 }

@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use driftless_core::tree::LeafBuilder;
-use driftless_core::{Boundaries, Digest, DigestAlgorithm, LogicalType, RowHasher, Tree, Value};
-use driftless_store::{DigestBatch, StoreError};
+use driftless_core::{Boundaries, Digest, DigestAlgorithm, RowHasher, Tree, Value};
+use driftless_store::object::{BodyHasher, Fingerprint, ObjectColumn};
+use driftless_store::{CompareMode, DigestBatch, StoreError};
 use rayon::prelude::*;
 
 use crate::listing::{Entry, Kind, Listing};
@@ -32,35 +33,26 @@ pub(crate) const CHUNK_FILES: usize = 2048;
 /// through it, so memory stays flat however large the files are.
 const READ_BUF: usize = 256 * 1024;
 
-/// A compared column of a directory copy.
+/// A compared column of a directory copy: the shared object model's.
+pub(crate) type Col = ObjectColumn;
+
+/// What the `content` column hashes a file's bytes with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Col {
-    /// The file's length in bytes.
-    Size,
-    /// The hash of the file's bytes (or of a symlink's target path).
-    Content,
+pub(crate) enum ContentHash {
+    /// The dataset's row algorithm, bare (`content` mode).
+    Row(DigestAlgorithm),
+    /// MD5, tagged as the object model's MD5 fingerprint (`etag` and `checksum` modes, and
+    /// settling): what a single-part S3 upload of the same bytes has as its ETag.
+    Md5,
 }
 
-impl Col {
-    /// Every column, in the order a schema without an explicit column list gets them.
-    pub(crate) const ALL: [Col; 2] = [Col::Size, Col::Content];
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Col::Size => "size",
-            Col::Content => "content",
+impl ContentHash {
+    /// The hash a copy compared by `compare` uses, for a dataset digesting with `algorithm`.
+    pub(crate) fn of(compare: CompareMode, algorithm: DigestAlgorithm) -> ContentHash {
+        match compare {
+            CompareMode::Content => ContentHash::Row(algorithm),
+            CompareMode::Etag | CompareMode::Checksum => ContentHash::Md5,
         }
-    }
-
-    pub(crate) fn ty(self) -> LogicalType {
-        match self {
-            Col::Size => LogicalType::Number,
-            Col::Content => LogicalType::Bytes,
-        }
-    }
-
-    pub(crate) fn from_name(name: &str) -> Option<Col> {
-        Col::ALL.into_iter().find(|c| c.name() == name)
     }
 }
 
@@ -73,6 +65,8 @@ pub(crate) struct Job {
     pub hasher: RowHasher,
     /// The compared columns, in schema (and so digest) order.
     pub columns: Arc<[Col]>,
+    /// What `content` hashes the bytes with.
+    pub content: ContentHash,
 }
 
 /// Buffers reused across the files of one rayon task.
@@ -140,7 +134,7 @@ impl Job {
         s.path.clear();
         s.path.push(&*self.root);
         s.path.push(&entry.path);
-        let algorithm = self.hasher.algorithm();
+        let algorithm = self.content;
         s.hash.clear();
         let size = match entry.kind {
             Kind::Symlink => {
@@ -184,6 +178,12 @@ impl Job {
                 },
             )
             .collect()
+    }
+
+    /// The `(key, digest)` of each entry, in the order given. Blocking.
+    pub(crate) fn digest_entries(&self, entries: &[Entry]) -> Result<DigestBatch, StoreError> {
+        let mut s = self.scratch();
+        entries.iter().map(|e| Ok((e.key.clone(), self.digest(e, &mut s)?))).collect()
     }
 
     /// `range` of the listing folded into leaves over `boundaries`, or `None` for an empty
@@ -250,10 +250,24 @@ pub(crate) fn window_files() -> usize {
 }
 
 /// Hashes `bytes` in one call, appending the hash to `out`.
-fn hash_once(algorithm: DigestAlgorithm, bytes: &[u8], out: &mut Vec<u8>) {
+fn hash_once(algorithm: ContentHash, bytes: &[u8], out: &mut Vec<u8>) {
     match algorithm {
-        DigestAlgorithm::Xxh3 => out.extend_from_slice(&xxhash_rust::xxh3::xxh3_128(bytes).to_be_bytes()),
-        DigestAlgorithm::Blake3 => out.extend_from_slice(blake3::hash(bytes).as_bytes()),
+        ContentHash::Row(DigestAlgorithm::Xxh3) => {
+            out.extend_from_slice(&xxhash_rust::xxh3::xxh3_128(bytes).to_be_bytes());
+        }
+        ContentHash::Row(DigestAlgorithm::Blake3) => out.extend_from_slice(blake3::hash(bytes).as_bytes()),
+        ContentHash::Md5 => {
+            let mut h = BodyHasher::md5();
+            h.update(bytes);
+            push_fingerprint(h.finish(), out);
+        }
+    }
+}
+
+/// Appends the bytes the `content` column holds for `fingerprint`.
+fn push_fingerprint(fingerprint: Fingerprint, out: &mut Vec<u8>) {
+    if let driftless_core::Value::Bytes(b) = fingerprint.to_value() {
+        out.extend_from_slice(&b);
     }
 }
 
@@ -276,7 +290,7 @@ enum End {
 fn hash_file(
     reader: &mut impl Read,
     end: End,
-    algorithm: DigestAlgorithm,
+    algorithm: ContentHash,
     buf: &mut [u8],
     out: &mut Vec<u8>,
 ) -> io::Result<u64> {
@@ -286,18 +300,24 @@ fn hash_file(
         return Ok(first as u64);
     }
     match algorithm {
-        DigestAlgorithm::Xxh3 => {
+        ContentHash::Row(DigestAlgorithm::Xxh3) => {
             let mut h = xxhash_rust::xxh3::Xxh3Default::new();
             let total = stream(reader, end, buf, first, |b| h.update(b))?;
             out.extend_from_slice(&h.digest128().to_be_bytes());
             Ok(total)
         }
-        DigestAlgorithm::Blake3 => {
+        ContentHash::Row(DigestAlgorithm::Blake3) => {
             let mut h = blake3::Hasher::new();
             let total = stream(reader, end, buf, first, |b| {
                 h.update(b);
             })?;
             out.extend_from_slice(h.finalize().as_bytes());
+            Ok(total)
+        }
+        ContentHash::Md5 => {
+            let mut h = BodyHasher::md5();
+            let total = stream(reader, end, buf, first, |b| h.update(b))?;
+            push_fingerprint(h.finish(), out);
             Ok(total)
         }
     }
@@ -345,7 +365,7 @@ fn fill(reader: &mut impl Read, end: End, buf: &mut [u8]) -> io::Result<(usize, 
 
 /// The content hash of `bytes` as a row holds it, for tests.
 #[cfg(test)]
-pub(crate) fn content_hash(algorithm: DigestAlgorithm, bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn content_hash(algorithm: ContentHash, bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     hash_once(algorithm, bytes, &mut out);
     out
@@ -360,7 +380,11 @@ mod tests {
         // Sizes around the buffer size: under, exactly, just over, several buffers.
         for len in [0, 1, 1000, READ_BUF - 1, READ_BUF, READ_BUF + 1, 3 * READ_BUF + 17] {
             let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
-            for algorithm in [DigestAlgorithm::Xxh3, DigestAlgorithm::Blake3] {
+            for algorithm in [
+                ContentHash::Row(DigestAlgorithm::Xxh3),
+                ContentHash::Row(DigestAlgorithm::Blake3),
+                ContentHash::Md5,
+            ] {
                 let mut buf = vec![0; READ_BUF];
                 let want = content_hash(algorithm, &data);
                 // A reader that returns short reads, as pipes and some file systems do.
@@ -373,8 +397,12 @@ mod tests {
                 assert_eq!((n, &out), (len as u64, &want), "slice, len {len} {algorithm:?}");
             }
         }
-        assert_eq!(content_hash(DigestAlgorithm::Xxh3, b"x").len(), 16);
-        assert_eq!(content_hash(DigestAlgorithm::Blake3, b"x").len(), 32);
+        assert_eq!(content_hash(ContentHash::Row(DigestAlgorithm::Xxh3), b"x").len(), 16);
+        assert_eq!(content_hash(ContentHash::Row(DigestAlgorithm::Blake3), b"x").len(), 32);
+        // The MD5 a single-part upload of "x" has as its ETag, tagged as the model tags it.
+        let md5 = content_hash(ContentHash::Md5, b"x");
+        assert_eq!(&md5[..4], b"md5:");
+        assert_eq!(md5[4..].iter().map(|b| format!("{b:02x}")).collect::<String>(), "9dd4e461268c8034f5c8564e155c67a6");
     }
 
     struct Trickle<'d>(&'d [u8]);

@@ -27,7 +27,9 @@
 mod digest;
 mod listing;
 mod root;
+mod source;
 mod tasks;
+mod write;
 
 use std::fmt;
 use std::path::Path;
@@ -35,24 +37,29 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use driftless_core::tree::LeafBuilder;
-use driftless_core::{Boundaries, Key, KeyRange, LogicalType, RowHasher, Tree, Value};
-use driftless_store::{Column, DigestBatch, DigestStream, Progress, Sample, Schema, Store, StoreError, redact_url};
+use driftless_core::{Boundaries, Key, KeyRange, RowHasher, Tree, Value};
+use driftless_store::object::{self, ObjectSource};
+use driftless_store::{
+    CompareMode, DigestBatch, DigestStream, Progress, Sample, Schema, Store, StoreError, WriteOp, WriteResult,
+    redact_url,
+};
 use futures::stream::{self, StreamExt, TryStreamExt};
-use tokio::sync::OnceCell;
 
-use crate::digest::{Col, Job};
+use crate::digest::{Col, ContentHash, Job};
 use crate::listing::Listing;
 use crate::tasks::{Windows, blocking};
 
 /// The name of the one key column: the file's relative path.
-pub const KEY_COLUMN: &str = "key";
+pub const KEY_COLUMN: &str = object::KEY_COLUMN;
 
 /// A local directory copy. Cheap to open (no I/O until first used); the directory is walked
-/// once, on first use, and its sorted listing kept for the store's lifetime.
+/// once, on first use, and its sorted listing kept until this store writes to it.
 pub struct FsStore {
     location: Arc<str>,
     root: Arc<Path>,
-    listing: OnceCell<Arc<Listing>>,
+    compare: CompareMode,
+    writable: bool,
+    listing: tokio::sync::Mutex<Option<Arc<Listing>>>,
 }
 
 impl fmt::Debug for FsStore {
@@ -61,7 +68,7 @@ impl fmt::Debug for FsStore {
         f.debug_struct("FsStore")
             .field("location", &self.location)
             .field("root", &self.root)
-            .field("listed", &self.listing.get().map(|l| l.len()))
+            .field("compare", &self.compare)
             .finish()
     }
 }
@@ -72,6 +79,13 @@ impl FsStore {
     /// reads it ([`Store::schema`], [`Store::check_schema`] or a scan) as
     /// [`StoreError::Open`].
     pub fn open(url: &str) -> Result<FsStore, StoreError> {
+        FsStore::open_with(url, CompareMode::Content)
+    }
+
+    /// Opens the directory, fingerprinting files as `compare` says: `content` hashes them
+    /// with the dataset's algorithm, `etag` and `checksum` with MD5 (what a single-part S3
+    /// upload of the same bytes has as its ETag, so a directory compares with a bucket).
+    pub fn open_with(url: &str, compare: CompareMode) -> Result<FsStore, StoreError> {
         let root = root::parse(url).map_err(|reason| StoreError::Open {
             // Whatever was passed may be another store's URL with a password in it.
             location: if url.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("file:")) {
@@ -84,8 +98,16 @@ impl FsStore {
         Ok(FsStore {
             location: url.into(),
             root: root.into(),
-            listing: OnceCell::new(),
+            compare,
+            writable: false,
+            listing: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// This copy, opened for repair writes.
+    pub fn for_writing(mut self) -> FsStore {
+        self.writable = true;
+        self
     }
 
     /// The directory this store reads.
@@ -93,16 +115,16 @@ impl FsStore {
         &self.root
     }
 
-    /// The sorted listing, walked on first use.
+    /// The sorted listing, walked on first use and again after this store has written.
     async fn listing(&self) -> Result<Arc<Listing>, StoreError> {
-        let listing = self
-            .listing
-            .get_or_try_init(|| {
-                let (location, root) = (self.location.clone(), self.root.clone());
-                blocking(&self.location, move || listing::list(&location, &root).map(Arc::new))
-            })
-            .await?;
-        Ok(listing.clone())
+        let mut cached = self.listing.lock().await;
+        if let Some(listing) = &*cached {
+            return Ok(listing.clone());
+        }
+        let (location, root) = (self.location.clone(), self.root.clone());
+        let listing = blocking(&self.location, move || listing::list(&location, &root).map(Arc::new)).await?;
+        *cached = Some(listing.clone());
+        Ok(listing)
     }
 
     /// Fails with [`StoreError::Open`] unless the root is a directory.
@@ -111,52 +133,31 @@ impl FsStore {
         blocking(&self.location, move || listing::check_root(&location, &root)).await
     }
 
-    fn schema_error(&self, reason: String) -> StoreError {
-        StoreError::Schema {
-            location: self.location.to_string(),
-            reason,
-        }
-    }
-
     /// The compared columns of a resolved schema, checking its key too.
     fn columns_of(&self, schema: &Schema) -> Result<Arc<[Col]>, StoreError> {
-        let key: Vec<String> = schema.key_names();
-        self.check_key(&key, false)?;
-        let names: Vec<String> = schema.values.iter().map(|c| c.name.clone()).collect();
-        self.resolve_columns(&names)
+        object::object_columns(&self.location, "directory", schema).map(Into::into)
     }
 
-    /// Checks key column names; `allow_empty` accepts no names (the store's own key).
-    fn check_key(&self, key: &[String], allow_empty: bool) -> Result<(), StoreError> {
-        if (allow_empty && key.is_empty()) || key == [KEY_COLUMN] {
-            return Ok(());
-        }
-        let reason = match key.iter().find(|k| *k != KEY_COLUMN) {
-            Some(name) => format!(
-                "no key column {name:?}: a directory copy has one key column, {KEY_COLUMN:?}, \
-                 the file's relative path"
-            ),
-            None if key.is_empty() => format!("no key column given; it must be {KEY_COLUMN:?}"),
-            None => format!("key column {KEY_COLUMN:?} is listed {} times", key.len()),
-        };
-        Err(self.schema_error(reason))
-    }
-
-    /// Resolves compared column names, in the order given.
-    fn resolve_columns(&self, names: &[String]) -> Result<Arc<[Col]>, StoreError> {
-        let mut cols = Vec::with_capacity(names.len());
-        for name in names {
-            let col = Col::from_name(name).ok_or_else(|| {
-                self.schema_error(format!(
-                    "no column {name:?}: a directory copy's columns are \"size\" and \"content\""
-                ))
-            })?;
-            if cols.contains(&col) {
-                return Err(self.schema_error(format!("column {name:?} is listed twice")));
+    /// Digests of the rows with `keys` as they are on disk now (not in the cached listing),
+    /// in key order.
+    async fn digest_from_disk(&self, job: Job, keys: &[Key]) -> Result<DigestBatch, StoreError> {
+        let mut keys = keys.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
+        let location = self.location.clone();
+        blocking(&self.location, move || {
+            let mut entries = Vec::with_capacity(keys.len());
+            for key in &keys {
+                let rel = key_text(&location, key)?;
+                let entry = listing::entry_at(&job.root, key, &rel).map_err(|e| StoreError::Read {
+                    location: location.to_string(),
+                    reason: format!("{rel}: {e}"),
+                })?;
+                entries.extend(entry);
             }
-            cols.push(col);
-        }
-        Ok(cols.into())
+            job.digest_entries(&entries)
+        })
+        .await
     }
 
     fn job(&self, listing: Arc<Listing>, hasher: &RowHasher, columns: Arc<[Col]>) -> Job {
@@ -166,7 +167,19 @@ impl FsStore {
             listing,
             hasher: hasher.clone(),
             columns,
+            content: ContentHash::of(self.compare, hasher.algorithm()),
         }
+    }
+}
+
+/// A key's one text part: the relative path.
+pub(crate) fn key_text(location: &str, key: &Key) -> Result<String, StoreError> {
+    match key.parts().ok().as_deref() {
+        Some([driftless_core::KeyPart::Text(s)]) => Ok(s.clone()),
+        _ => Err(StoreError::Read {
+            location: location.to_owned(),
+            reason: format!("key {key} is not a file key (one text part)"),
+        }),
     }
 }
 
@@ -182,24 +195,7 @@ impl Store for FsStore {
 
     async fn schema(&self, key: &[String], columns: Option<&[String]>) -> Result<Schema, StoreError> {
         self.check_root().await?;
-        self.check_key(key, true)?;
-        let cols = match columns {
-            Some(names) => self.resolve_columns(names)?,
-            None => Col::ALL.into(),
-        };
-        Ok(Schema {
-            key: vec![Column {
-                name: KEY_COLUMN.to_owned(),
-                ty: LogicalType::Text,
-            }],
-            values: cols
-                .iter()
-                .map(|c| Column {
-                    name: c.name().to_owned(),
-                    ty: c.ty(),
-                })
-                .collect(),
-        })
+        object::object_schema(&self.location, "directory", key, columns)
     }
 
     async fn check_schema(&self, schema: &Schema) -> Result<(), StoreError> {
@@ -280,6 +276,49 @@ impl Store for FsStore {
             }
         }
         Ok(tree)
+    }
+
+    async fn digest_keys(&self, schema: &Schema, keys: &[Key], hasher: &RowHasher) -> Result<DigestBatch, StoreError> {
+        let job = self.job(Arc::default(), hasher, self.columns_of(schema)?);
+        self.digest_from_disk(job, keys).await
+    }
+
+    fn settles(&self, schema: &Schema) -> bool {
+        self.compare.settles() && schema.values.iter().any(|c| c.name == Col::Content.name())
+    }
+
+    async fn settle_keys(&self, schema: &Schema, keys: &[Key], hasher: &RowHasher) -> Result<DigestBatch, StoreError> {
+        let mut job = self.job(Arc::default(), hasher, self.columns_of(schema)?);
+        job.content = ContentHash::Md5;
+        self.digest_from_disk(job, keys).await
+    }
+
+    fn writable(&self) -> bool {
+        self.writable
+    }
+
+    async fn apply(
+        &self,
+        check: &Schema,
+        _write: &Schema,
+        hasher: &RowHasher,
+        ops: &[WriteOp],
+    ) -> Result<Vec<WriteResult>, StoreError> {
+        if !self.writable {
+            return Err(self.unsupported("was opened read-only"));
+        }
+        let job = self.job(Arc::default(), hasher, self.columns_of(check)?);
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            results.push(write::apply_one(&job, op).await);
+        }
+        // The cached listing no longer says what the directory holds.
+        *self.listing.lock().await = None;
+        Ok(results)
+    }
+
+    fn object_source(&self) -> Option<Arc<dyn ObjectSource>> {
+        Some(Arc::new(source::FsSource::new(self.location.clone(), self.root.clone())))
     }
 
     async fn fetch(&self, schema: &Schema, keys: &[Key]) -> Result<Vec<(Key, Vec<Value>)>, StoreError> {

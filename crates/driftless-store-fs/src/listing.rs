@@ -74,6 +74,9 @@ pub(crate) fn list(location: &str, root: &Path) -> Result<Listing, StoreError> {
             Some(p) => read_error(format!("{}: {e}", relative_lossy(root, p))),
             None => read_error(e.to_string()),
         })?;
+        if is_temporary(item.file_name()) {
+            continue;
+        }
         let file_type = item.file_type();
         let kind = if file_type.is_file() {
             Kind::File
@@ -139,4 +142,44 @@ pub(crate) fn slice_bounds(listing: &[Entry], lo: Option<&Key>, hi: Option<&Key>
 /// The entry with exactly `key`, if any.
 pub(crate) fn find<'l>(listing: &'l [Entry], key: &Key) -> Option<&'l Entry> {
     listing.binary_search_by(|e| e.key.cmp(key)).ok().map(|i| &listing[i])
+}
+
+/// Marks the temporary files a repair writes before renaming them into place; a crash can
+/// leave one behind, and it is never a row.
+pub(crate) const TEMP_MARK: &str = ".driftless-tmp-";
+
+/// Whether a file name is one of repair's temporary files.
+fn is_temporary(name: &std::ffi::OsStr) -> bool {
+    name.to_str().is_some_and(|n| n.starts_with('.') && n.contains(TEMP_MARK))
+}
+
+/// A relative key as a path below the root, refused unless every component is a plain
+/// name: an object key such as `../x`, `/x` or `a//b` names no file inside the copy.
+pub(crate) fn relative_path(key: &str) -> Result<&Path, String> {
+    let plain = !key.is_empty()
+        && key
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'));
+    if plain {
+        Ok(Path::new(key))
+    } else {
+        Err(format!("key {key:?} is not a relative file path (empty, `.` or `..` components)"))
+    }
+}
+
+/// The row at `key` as it is on disk now, or `None` if there is none. Blocking.
+pub(crate) fn entry_at(root: &Path, key: &Key, rel: &str) -> io::Result<Option<Entry>> {
+    let Ok(path) = relative_path(rel) else { return Ok(None) };
+    let kind = match fs::symlink_metadata(root.join(path)) {
+        Ok(m) if m.file_type().is_file() => Kind::File,
+        Ok(m) if m.file_type().is_symlink() => Kind::Symlink,
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(20) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(Some(Entry {
+        path: rel.to_owned(),
+        key: key.clone(),
+        kind,
+    }))
 }

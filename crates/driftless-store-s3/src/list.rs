@@ -1,0 +1,145 @@
+//! ListObjectsV2 over one key range of a copy, page by page.
+//!
+//! A range `[lo, hi)` of relative keys starts with `StartAfter` set just below `prefix + lo`
+//! and follows continuation tokens within it, stopping at the first key at or past `hi`. S3
+//! orders keys by their UTF-8 bytes, as driftless orders text keys, so a range's keys come
+//! in key order. Memory is one page (at most 1,000 objects) per range in flight.
+
+use aws_sdk_s3::types::Object;
+use driftless_core::{Key, KeyPart, KeyRange};
+use driftless_store::StoreError;
+use driftless_store::object::{Fingerprint, ObjectMeta};
+
+use crate::S3Store;
+
+/// Keys per ListObjectsV2 page: S3's largest.
+pub(crate) const PAGE_KEYS: i32 = 1000;
+/// Objects whose relative key starts with this are driftless's own conditional-write
+/// probes (see `probe`), never rows.
+pub(crate) const PROBE_PREFIX: &str = ".driftless-probe-";
+
+/// Where a range's listing stands.
+#[derive(Debug)]
+pub(crate) struct Cursor {
+    range: KeyRange,
+    token: Option<String>,
+    first: bool,
+    done: bool,
+}
+
+impl Cursor {
+    pub(crate) fn new(range: KeyRange) -> Cursor {
+        Cursor {
+            range,
+            token: None,
+            first: true,
+            done: false,
+        }
+    }
+}
+
+/// A range's relative keys as text: S3 copies have one text key column.
+pub(crate) fn key_text(location: &str, key: &Key) -> Result<String, StoreError> {
+    match key.parts().ok().as_deref() {
+        Some([KeyPart::Text(s)]) => Ok(s.clone()),
+        _ => Err(StoreError::Read {
+            location: location.to_owned(),
+            reason: format!("key {key} is not an object key (one text part)"),
+        }),
+    }
+}
+
+/// The greatest string that sorts below `s`, near enough: every key `>= s` sorts after it
+/// and almost no key `< s` does (those few are skipped as they are read). `None` when `s`
+/// is empty (list from the start).
+fn just_below(s: &str) -> Option<String> {
+    let mut chars: Vec<char> = s.chars().collect();
+    let last = chars.pop()?;
+    let below = (1..u32::from(last)).rev().find_map(char::from_u32);
+    let mut out: String = chars.into_iter().collect();
+    if let Some(c) = below {
+        out.push(c);
+        // U+10FFFF is the largest code point, so `out` is above every key that begins with
+        // the shortened string and a character below `last`.
+        out.push('\u{10FFFF}');
+    }
+    Some(out).filter(|o| !o.is_empty())
+}
+
+impl S3Store {
+    /// The next page of `cursor`'s range, or `None` after its last. Keys outside the range,
+    /// folder markers (keys ending in `/`, which a directory cannot hold) and probes are
+    /// left out.
+    pub(crate) async fn next_page(&self, cursor: &mut Cursor) -> Result<Option<Vec<ObjectMeta>>, StoreError> {
+        if cursor.done {
+            return Ok(None);
+        }
+        let mut req = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .max_keys(PAGE_KEYS);
+        if cursor.first
+            && let Some(lo) = &cursor.range.lo
+        {
+            let lo = key_text(&self.location, lo)?;
+            if let Some(after) = just_below(&format!("{}{lo}", self.prefix)) {
+                req = req.start_after(after);
+            }
+        }
+        if let Some(token) = cursor.token.take() {
+            req = req.continuation_token(token);
+        }
+        cursor.first = false;
+        let page = req.send().await.map_err(|e| self.read_error(&e))?;
+        cursor.token = page.next_continuation_token().map(str::to_owned);
+        cursor.done = cursor.token.is_none() || !page.is_truncated().unwrap_or(false);
+        let mut out = Vec::with_capacity(page.contents().len());
+        for object in page.contents() {
+            let Some(meta) = self.meta(object) else { continue };
+            let key = Key::text(&meta.key);
+            if cursor.range.lo.as_ref().is_some_and(|lo| &key < lo) {
+                continue;
+            }
+            if cursor.range.hi.as_ref().is_some_and(|hi| &key >= hi) {
+                cursor.done = true;
+                break;
+            }
+            out.push(meta);
+        }
+        Ok(Some(out))
+    }
+
+    /// A listed object as a row, or `None` for what is not one.
+    fn meta(&self, object: &Object) -> Option<ObjectMeta> {
+        let rel = object.key()?.strip_prefix(self.prefix.as_str())?;
+        if rel.is_empty() || rel.ends_with('/') || rel.starts_with(PROBE_PREFIX) {
+            return None;
+        }
+        Some(ObjectMeta {
+            key: rel.to_owned(),
+            size: object.size().map_or(0, |s| u64::try_from(s).unwrap_or(0)),
+            fingerprint: Fingerprint::from_etag(object.e_tag().unwrap_or_default()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn just_below_sorts_below_and_close() {
+        for s in ["abc", "a", "a/b", "d\u{e000}", "z\u{1}", "é"] {
+            let b = just_below(s).unwrap_or_default();
+            assert!(b.as_str() < s, "{b:?} < {s:?}");
+            // Nothing a person names a file sorts between them.
+            for other in ["ab", "abb/zzz", "a.", "a/a", "d\u{d7ff}x"] {
+                assert!(!(b.as_str() < other && other < s), "{other:?} between {b:?} and {s:?}");
+            }
+        }
+        assert_eq!(just_below(""), None);
+        assert_eq!(just_below("\u{0}"), None);
+    }
+}

@@ -132,6 +132,10 @@ pub struct Dataset {
     /// How `repair` treats this dataset's stages.
     #[serde(default)]
     pub repair: Option<Spanned<RepairPolicyConfig>>,
+    /// How object copies (S3, directories) compare: `etag`, `checksum` or `content`.
+    /// Default `etag` when a copy is on S3, `content` otherwise. Overridable per copy.
+    #[serde(default)]
+    pub compare: Option<Spanned<String>>,
     /// The canonical copy.
     pub canonical: CopyConfig,
     /// The stages, in channel order; each needs a `name`.
@@ -153,9 +157,25 @@ pub struct CopyConfig {
     /// The table, for SQL copies.
     #[serde(default)]
     pub table: Option<String>,
-    /// The S3 endpoint, for S3-compatible servers.
+    /// The S3 endpoint, for S3-compatible servers (`http://127.0.0.1:9000` works).
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// The S3 region; default the AWS chain's, then `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// S3 path-style addressing (`endpoint/bucket/key`); default true with an `endpoint`.
+    #[serde(default)]
+    pub path_style: Option<bool>,
+    /// S3 credentials, usually `${ENV}`; default the standard AWS chain (environment,
+    /// profile, web identity). Never printed.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// The secret of `access_key_id`.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// This copy's compare mode, over its dataset's (object copies only).
+    #[serde(default)]
+    pub compare: Option<Spanned<String>>,
     /// This stage's repair settings, over its dataset's. Not allowed on canonical.
     #[serde(default)]
     pub repair: Option<Spanned<RepairPolicyConfig>>,

@@ -84,8 +84,8 @@ stages = [
 
 [[datasets]]
 name = "assets"
-# Directory copies are scanned; `driftless repair` reports their drift and writes nothing.
-repair = { mode = "report" }
+# Directory copies: one row per file, keyed by its relative path; `driftless repair` copies
+# canonical's files over (a temporary file renamed into place) and deletes strays.
 canonical = { url = "file:canonical-assets" }
 stages = [
   { name = "playground", url = "file:playground-assets" },

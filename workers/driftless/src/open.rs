@@ -6,18 +6,27 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use driftless_control::ControlPlane;
-use driftless_store::Store;
+use driftless_core::RowHasher;
+use driftless_store::{CompareMode, Store};
 use driftless_store_fs::FsStore;
 use driftless_store_postgres::PgStore;
+use driftless_store_s3::{S3Options, S3Store};
 use driftless_store_sqlite::SqliteStore;
 
-use crate::config::{CopyConfig, Loaded};
+use crate::config::{CopyConfig, Dataset, Loaded};
 
-/// Opens one copy, for writing when `writable` (a stage `repair` may write). `what` names it
-/// in errors (`dataset "x", stage "y"`).
-pub async fn open_copy(copy: &CopyConfig, loaded: &Loaded, what: &str, writable: bool) -> Result<Arc<dyn Store>> {
+/// Opens one copy of `dataset`, for writing when `writable` (a stage `repair` may write).
+/// `what` names it in errors (`dataset "x", stage "y"`).
+pub async fn open_copy(
+    copy: &CopyConfig,
+    dataset: &Dataset,
+    loaded: &Loaded,
+    what: &str,
+    writable: bool,
+) -> Result<Arc<dyn Store>> {
     let url = copy.url.get_ref();
     let at = loaded.at(copy.url.span());
+    let compare = compare_mode(copy, dataset, loaded, what)?;
     let Some((scheme, rest)) = url.split_once(':') else {
         bail!(
             "{at}: {what}: url {:?} is not a URL (expected sqlite://, file://, ...)",
@@ -46,7 +55,8 @@ pub async fn open_copy(copy: &CopyConfig, loaded: &Loaded, what: &str, writable:
         "file" => {
             no_table("directory")?;
             let url = resolve_file(rest, &loaded.dir);
-            Arc::new(FsStore::open(&url).map_err(|e| anyhow::anyhow!("{what}: {e}"))?)
+            let opened = FsStore::open_with(&url, compare).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+            Arc::new(if writable { opened.for_writing() } else { opened })
         }
         "postgres" | "postgresql" => {
             let table = needs_table(&copy.table)?;
@@ -55,13 +65,70 @@ pub async fn open_copy(copy: &CopyConfig, loaded: &Loaded, what: &str, writable:
                 .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
             Arc::new(if writable { opened.for_writing() } else { opened })
         }
-        "s3" => bail!("{at}: {what}: S3 copies are not built yet (SQLite, PostgreSQL and file:// copies are)"),
-        other => bail!("{at}: {what}: unsupported URL scheme {other:?} (expected sqlite, postgres or file)"),
+        "s3" => {
+            no_table("S3")?;
+            let options = S3Options {
+                endpoint: copy.endpoint.clone(),
+                region: copy.region.clone(),
+                path_style: copy.path_style.unwrap_or(copy.endpoint.is_some()),
+                compare,
+                access_key_id: copy.access_key_id.clone(),
+                secret_access_key: copy.secret_access_key.clone(),
+                hasher: Some(RowHasher::new(loaded.config.digest.algorithm, loaded.config.digest.seed)),
+            };
+            let opened = S3Store::open(url, options)
+                .await
+                .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+            Arc::new(if writable { opened.for_writing() } else { opened })
+        }
+        other => bail!("{at}: {what}: unsupported URL scheme {other:?} (expected sqlite, postgres, file or s3)"),
     };
-    if copy.endpoint.is_some() && scheme != "s3" {
-        bail!("{at}: {what}: `endpoint` applies to s3:// copies only");
+    let s3_only = [
+        ("endpoint", copy.endpoint.is_some()),
+        ("region", copy.region.is_some()),
+        ("path_style", copy.path_style.is_some()),
+        ("access_key_id", copy.access_key_id.is_some()),
+        ("secret_access_key", copy.secret_access_key.is_some()),
+    ];
+    if let Some((field, _)) = s3_only.iter().find(|(_, set)| *set)
+        && scheme != "s3"
+    {
+        bail!("{at}: {what}: `{field}` applies to s3:// copies only");
+    }
+    if copy.access_key_id.is_some() != copy.secret_access_key.is_some() {
+        bail!("{at}: {what}: `access_key_id` and `secret_access_key` go together");
     }
     Ok(store)
+}
+
+/// The copy's compare mode: its own, else its dataset's, else `etag` when a copy of the
+/// dataset is on S3 and `content` otherwise. SQL copies take none.
+fn compare_mode(copy: &CopyConfig, dataset: &Dataset, loaded: &Loaded, what: &str) -> Result<CompareMode> {
+    let is_object = |c: &CopyConfig| {
+        let url = c.url.get_ref();
+        url.starts_with("s3:") || url.starts_with("file:")
+    };
+    if let Some(own) = &copy.compare
+        && !is_object(copy)
+    {
+        bail!("{}: {what}: `compare` applies to object copies (s3://, file:) only", loaded.at(own.span()));
+    }
+    let chosen = copy.compare.as_ref().or(dataset.compare.as_ref());
+    match chosen {
+        Some(c) => CompareMode::parse(c.get_ref()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: {what}: compare = {:?} is not one of \"etag\", \"checksum\", \"content\"",
+                loaded.at(c.span()),
+                c.get_ref()
+            )
+        }),
+        None => {
+            let on_s3 = std::iter::once(&dataset.canonical)
+                .chain(&dataset.stages)
+                .any(|c| c.url.get_ref().starts_with("s3:"));
+            Ok(if on_s3 { CompareMode::Etag } else { CompareMode::Content })
+        }
+    }
 }
 
 /// `sqlite://rel.db` resolved against the config's directory; absolute paths and in-memory

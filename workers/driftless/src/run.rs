@@ -183,6 +183,7 @@ async fn plans(loaded: &Loaded, selection: &Selection, mode: Mode, dry_run: bool
         let name = d.name.get_ref();
         let canonical = open_copy(
             &d.canonical,
+            d,
             loaded,
             &format!("dataset {name:?}, canonical copy"),
             false,
@@ -199,7 +200,7 @@ async fn plans(loaded: &Loaded, selection: &Selection, mode: Mode, dry_run: bool
             let what = format!("dataset {name:?}, stage {:?}", s.stage_name());
             copies.push(CopyRef {
                 name: s.stage_name().to_owned(),
-                store: open_copy(s, loaded, &what, writable).await?,
+                store: open_copy(s, d, loaded, &what, writable).await?,
                 policy,
             });
         }

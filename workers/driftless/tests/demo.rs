@@ -84,3 +84,39 @@ fn demo_reports_exactly_the_injected_drift() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("was not made by `driftless demo`"));
 }
+
+/// The demo's world heals: `repair` writes its tables and its directories, and a scan after
+/// it finds every stage consistent.
+#[test]
+fn demo_then_repair_heals_tables_and_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_driftless"))
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let demo = run(&["demo", "--dir", "world", "--report", "json"]);
+    assert_eq!(demo.status.code(), Some(0), "{}", String::from_utf8_lossy(&demo.stderr));
+    let repair = run(&["repair", "--config", "world/driftless.toml", "--report", "json"]);
+    let report = String::from_utf8_lossy(&repair.stdout);
+    assert_eq!(
+        repair.status.code(),
+        Some(0),
+        "{report}\n{}",
+        String::from_utf8_lossy(&repair.stderr)
+    );
+    let scan = run(&["scan", "--config", "world/driftless.toml", "--report", "json"]);
+    assert_eq!(scan.status.code(), Some(0), "{}", String::from_utf8_lossy(&scan.stdout));
+    // The edited file holds canonical's bytes again, the deleted one is back, the stray gone.
+    let world = dir.path().join("world");
+    for file in ["release 5/asset-005.json", "release 3/asset-150.json"] {
+        assert_eq!(
+            std::fs::read(world.join("playground-assets").join(file)).unwrap(),
+            std::fs::read(world.join("canonical-assets").join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    assert!(!world.join("test-assets/release 9/stray.json").exists());
+}

@@ -422,7 +422,9 @@ impl Repairer<'_> {
     /// for its kind.
     fn action(&self, leased: &Leased, key: &Key, canon: Option<&Now>, repair_id: &str) -> Option<WriteAction> {
         match self.mode {
-            RepairMode::Overwrite | RepairMode::Report if canon.is_some() && self.canonical.object_source().is_some() => {
+            RepairMode::Overwrite | RepairMode::Report
+                if canon.is_some() && self.canonical.object_source().is_some() =>
+            {
                 self.canonical
                     .object_source()
                     .map(|source| WriteAction::PutObject(SourceRef(source)))

@@ -183,7 +183,10 @@ impl Job {
     /// The `(key, digest)` of each entry, in the order given. Blocking.
     pub(crate) fn digest_entries(&self, entries: &[Entry]) -> Result<DigestBatch, StoreError> {
         let mut s = self.scratch();
-        entries.iter().map(|e| Ok((e.key.clone(), self.digest(e, &mut s)?))).collect()
+        entries
+            .iter()
+            .map(|e| Ok((e.key.clone(), self.digest(e, &mut s)?)))
+            .collect()
     }
 
     /// `range` of the listing folded into leaves over `boundaries`, or `None` for an empty
@@ -402,7 +405,10 @@ mod tests {
         // The MD5 a single-part upload of "x" has as its ETag, tagged as the model tags it.
         let md5 = content_hash(ContentHash::Md5, b"x");
         assert_eq!(&md5[..4], b"md5:");
-        assert_eq!(md5[4..].iter().map(|b| format!("{b:02x}")).collect::<String>(), "9dd4e461268c8034f5c8564e155c67a6");
+        assert_eq!(
+            md5[4..].iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "9dd4e461268c8034f5c8564e155c67a6"
+        );
     }
 
     struct Trickle<'d>(&'d [u8]);

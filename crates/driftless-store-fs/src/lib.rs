@@ -318,7 +318,10 @@ impl Store for FsStore {
     }
 
     fn object_source(&self) -> Option<Arc<dyn ObjectSource>> {
-        Some(Arc::new(source::FsSource::new(self.location.clone(), self.root.clone())))
+        Some(Arc::new(source::FsSource::new(
+            self.location.clone(),
+            self.root.clone(),
+        )))
     }
 
     async fn fetch(&self, schema: &Schema, keys: &[Key]) -> Result<Vec<(Key, Vec<Value>)>, StoreError> {

@@ -150,7 +150,8 @@ pub(crate) const TEMP_MARK: &str = ".driftless-tmp-";
 
 /// Whether a file name is one of repair's temporary files.
 fn is_temporary(name: &std::ffi::OsStr) -> bool {
-    name.to_str().is_some_and(|n| n.starts_with('.') && n.contains(TEMP_MARK))
+    name.to_str()
+        .is_some_and(|n| n.starts_with('.') && n.contains(TEMP_MARK))
 }
 
 /// A relative key as a path below the root, refused unless every component is a plain
@@ -163,7 +164,9 @@ pub(crate) fn relative_path(key: &str) -> Result<&Path, String> {
     if plain {
         Ok(Path::new(key))
     } else {
-        Err(format!("key {key:?} is not a relative file path (empty, `.` or `..` components)"))
+        Err(format!(
+            "key {key:?} is not a relative file path (empty, `.` or `..` components)"
+        ))
     }
 }
 

@@ -42,7 +42,9 @@ impl ObjectSource for FsSource {
         };
         // A symlink's content is its target path, as the directory store digests it.
         if meta.file_type().is_symlink() {
-            let target = tokio::fs::read_link(&path).await.map_err(|e| self.read_error(key, &e))?;
+            let target = tokio::fs::read_link(&path)
+                .await
+                .map_err(|e| self.read_error(key, &e))?;
             let bytes = target.into_os_string().into_encoded_bytes();
             return Ok(Some((bytes.len() as u64, Box::new(io::Cursor::new(bytes)))));
         }

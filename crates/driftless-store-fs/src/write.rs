@@ -79,7 +79,9 @@ async fn put(job: &Job, op: &WriteOp, rel: &str, path: &Path, source: &SourceRef
         )));
     };
     let dir = path.parent().unwrap_or(&job.root).to_path_buf();
-    tokio::fs::create_dir_all(&dir).await.map_err(|e| write_error(job, rel, &e))?;
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| write_error(job, rel, &e))?;
     let temp = temp_path(&dir, path);
     let written = async {
         let mut file = tokio::fs::File::create(&temp).await?;
@@ -109,7 +111,10 @@ async fn put(job: &Job, op: &WriteOp, rel: &str, path: &Path, source: &SourceRef
 
 /// A temporary file beside `path`.
 fn temp_path(dir: &Path, path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let n = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
     // Long names are cut so the temporary name stays within a file system's name limit.
     let short: String = name.chars().take(100).collect();

@@ -86,5 +86,14 @@ where
         (Some(code), _) => format!("bucket {bucket:?}: {code}"),
         (None, _) => format!("bucket {bucket:?}"),
     };
-    format!("{hint} ({})", DisplayErrorContext(e))
+    match e {
+        // The service said why: its code and message are the account; the raw response
+        // adds nothing a person needs.
+        SdkError::ServiceError(s) => match s.err().message() {
+            Some(message) => format!("{hint}: {message}"),
+            None => hint,
+        },
+        // No answer (connection refused, timeout, TLS): the SDK's chain of causes says which.
+        _ => format!("{hint}: {}", DisplayErrorContext(e)),
+    }
 }

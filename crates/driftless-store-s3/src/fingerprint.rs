@@ -92,7 +92,11 @@ impl S3Store {
     }
 
     /// The HEAD response of one object, `None` if there is no such object.
-    pub(crate) async fn head_raw(&self, rel: &str, with_checksum: bool) -> Result<Option<HeadObjectOutput>, StoreError> {
+    pub(crate) async fn head_raw(
+        &self,
+        rel: &str,
+        with_checksum: bool,
+    ) -> Result<Option<HeadObjectOutput>, StoreError> {
         let mut req = self.client.head_object().bucket(&self.bucket).key(self.full_key(rel));
         if with_checksum {
             req = req.checksum_mode(ChecksumMode::Enabled);
@@ -106,7 +110,14 @@ impl S3Store {
 
     /// The object's bytes streamed through `hasher`, or `None` if it has gone.
     async fn hash_body(&self, rel: &str, hasher: BodyHasher) -> Result<Option<ObjectMeta>, StoreError> {
-        let out = match self.client.get_object().bucket(&self.bucket).key(self.full_key(rel)).send().await {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(rel))
+            .send()
+            .await
+        {
             Ok(out) => out,
             Err(e) if client::status(&e) == Some(404) => return Ok(None),
             Err(e) => return Err(self.key_error(rel, &e)),

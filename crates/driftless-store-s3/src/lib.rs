@@ -37,8 +37,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use driftless_core::{Boundaries, Key, KeyRange, RowHasher, Tree, Value};
 use driftless_store::object::{
-    self, ObjectColumn, ObjectReader, ObjectSource, S3Address, object_columns, object_digest,
-    object_values,
+    self, ObjectColumn, ObjectReader, ObjectSource, S3Address, object_columns, object_digest, object_values,
 };
 use driftless_store::{
     CompareMode, DigestBatch, DigestStream, Progress, Sample, Schema, Store, StoreError, WriteOp, WriteResult,
@@ -386,7 +385,6 @@ impl ObjectSource for Source {
         })
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -63,7 +63,12 @@ impl S3Store {
         }
     }
 
-    async fn try_apply(&self, columns: &[ObjectColumn], hasher: &RowHasher, op: &WriteOp) -> Result<WriteResult, StoreError> {
+    async fn try_apply(
+        &self,
+        columns: &[ObjectColumn],
+        hasher: &RowHasher,
+        op: &WriteOp,
+    ) -> Result<WriteResult, StoreError> {
         let rel = list::key_text(&self.location, &op.key)?;
         let now = self.current(&rel, &op.key, columns, hasher).await?;
         if now.seen != op.seen {
@@ -80,7 +85,11 @@ impl S3Store {
         let outcome = match &op.action {
             WriteAction::PutObject(source) => self.put(&rel, source, &precondition, op, columns, hasher).await?,
             WriteAction::Delete => {
-                let mut req = self.client.delete_object().bucket(&self.bucket).key(self.full_key(&rel));
+                let mut req = self
+                    .client
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(self.full_key(&rel));
                 if let Precondition::IfMatch(etag) = &precondition {
                     req = req.if_match(etag);
                 }
@@ -103,7 +112,13 @@ impl S3Store {
     }
 
     /// The key's aggregate (over `columns`, as a scan digests it) and ETag now.
-    async fn current(&self, rel: &str, key: &Key, columns: &[ObjectColumn], hasher: &RowHasher) -> Result<Current, StoreError> {
+    async fn current(
+        &self,
+        rel: &str,
+        key: &Key,
+        columns: &[ObjectColumn],
+        hasher: &RowHasher,
+    ) -> Result<Current, StoreError> {
         let with_checksum = self.options.compare == CompareMode::Checksum;
         let Some(out) = self.head_raw(rel, with_checksum).await? else {
             return Ok(Current {
@@ -125,7 +140,14 @@ impl S3Store {
             }
         }
         let mut seen = Aggregate::default();
-        seen.add(object_digest(hasher, key, meta.size, &meta.fingerprint, columns, &mut Vec::new()));
+        seen.add(object_digest(
+            hasher,
+            key,
+            meta.size,
+            &meta.fingerprint,
+            columns,
+            &mut Vec::new(),
+        ));
         Ok(Current { seen, etag })
     }
 
@@ -174,7 +196,10 @@ impl S3Store {
         }
         let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         let mut reader = reader;
-        reader.read_to_end(&mut body).await.map_err(|e| self.body_error(rel, &e))?;
+        reader
+            .read_to_end(&mut body)
+            .await
+            .map_err(|e| self.body_error(rel, &e))?;
         if self.current(rel, &op.key, columns, hasher).await?.seen != op.seen {
             return Ok(Outcome::Raced);
         }

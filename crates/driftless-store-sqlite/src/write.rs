@@ -314,7 +314,9 @@ fn apply_one(
             }
         }
         WriteAction::PutObject(_) => {
-            return Err("an object write reached a SQLite table: canonical is an object copy and this stage is not".into());
+            return Err(
+                "an object write reached a SQLite table: canonical is an object copy and this stage is not".into(),
+            );
         }
         WriteAction::Delete => {
             exec(&statements.delete, key_binds)?;

@@ -405,7 +405,10 @@ mod tests {
             Fingerprint::from_etag("\"9e107d9d372bb6826bd81d3542a419d6-2\""),
             Fingerprint::Multipart("9e107d9d372bb6826bd81d3542a419d6-2".into())
         );
-        assert!(matches!(Fingerprint::from_etag("zz107d9d372bb6826bd81d3542a419d6"), Fingerprint::Multipart(_)));
+        assert!(matches!(
+            Fingerprint::from_etag("zz107d9d372bb6826bd81d3542a419d6"),
+            Fingerprint::Multipart(_)
+        ));
     }
 
     #[test]
@@ -430,7 +433,9 @@ mod tests {
         assert_eq!(object_columns("x", "S3", &s).unwrap(), ObjectColumn::ALL);
         let err = object_schema("x", "S3", &["id".into()], None).unwrap_err().to_string();
         assert!(err.contains("no key column \"id\""), "{err}");
-        let err = object_schema("x", "S3", &[], Some(&["mtime".into()])).unwrap_err().to_string();
+        let err = object_schema("x", "S3", &[], Some(&["mtime".into()]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"size\" and \"content\""), "{err}");
     }
 }

@@ -74,7 +74,10 @@ pub async fn open_copy(
                 compare,
                 access_key_id: copy.access_key_id.clone(),
                 secret_access_key: copy.secret_access_key.clone(),
-                hasher: Some(RowHasher::new(loaded.config.digest.algorithm, loaded.config.digest.seed)),
+                hasher: Some(RowHasher::new(
+                    loaded.config.digest.algorithm,
+                    loaded.config.digest.seed,
+                )),
             };
             let opened = S3Store::open(url, options)
                 .await
@@ -111,7 +114,10 @@ fn compare_mode(copy: &CopyConfig, dataset: &Dataset, loaded: &Loaded, what: &st
     if let Some(own) = &copy.compare
         && !is_object(copy)
     {
-        bail!("{}: {what}: `compare` applies to object copies (s3://, file:) only", loaded.at(own.span()));
+        bail!(
+            "{}: {what}: `compare` applies to object copies (s3://, file:) only",
+            loaded.at(own.span())
+        );
     }
     let chosen = copy.compare.as_ref().or(dataset.compare.as_ref());
     match chosen {

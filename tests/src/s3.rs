@@ -41,7 +41,12 @@ static BUCKETS: AtomicU64 = AtomicU64::new(0);
 pub async fn fresh_bucket(client: &Client, name: &str) -> String {
     let n = BUCKETS.fetch_add(1, Ordering::Relaxed);
     let bucket = format!("{name}-{}-{n}", std::process::id()).to_lowercase();
-    client.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create bucket");
     bucket
 }
 
@@ -88,7 +93,12 @@ pub async fn put_multipart(client: &Client, bucket: &str, key: &str, bytes: &[u8
             .send()
             .await
             .expect("upload part");
-        parts.push(CompletedPart::builder().part_number(n).set_e_tag(done.e_tag().map(Into::into)).build());
+        parts.push(
+            CompletedPart::builder()
+                .part_number(n)
+                .set_e_tag(done.e_tag().map(Into::into))
+                .build(),
+        );
     }
     client
         .complete_multipart_upload()
@@ -103,7 +113,13 @@ pub async fn put_multipart(client: &Client, bucket: &str, key: &str, bytes: &[u8
 
 /// Deletes `key`.
 pub async fn delete(client: &Client, bucket: &str, key: &str) {
-    client.delete_object().bucket(bucket).key(key).send().await.expect("delete");
+    client
+        .delete_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .expect("delete");
 }
 
 /// The bytes of `key`, or `None`.
@@ -157,6 +173,54 @@ impl Proxy {
 }
 
 impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A second moto server that checks credentials (`INITIAL_NO_AUTH_ACTION_COUNT=0`: every
+/// request must be signed with a key it issued), for tests of refused credentials. Needs
+/// the interpreter `scripts/with-s3` installs moto into (`DRIFTLESS_TEST_S3_PYTHON`).
+#[derive(Debug)]
+pub struct AuthServer {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+impl AuthServer {
+    /// Starts the server and waits (at most 30 s) until it accepts connections.
+    pub fn start() -> AuthServer {
+        let python = std::env::var("DRIFTLESS_TEST_S3_PYTHON")
+            .expect("DRIFTLESS_TEST_S3_PYTHON names the interpreter moto is installed for (scripts/with-s3)");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new(python)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto's server");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto with auth never listened on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        AuthServer {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for AuthServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -18,7 +18,7 @@ const PART: usize = 5 * 1024 * 1024;
 /// components a file system can hold.
 fn long_key() -> String {
     let mut k = String::from("long/");
-    for _ in 0..3 {
+    for _ in 0..4 {
         k.push_str(&"a".repeat(250));
         k.push('/');
     }
@@ -59,7 +59,11 @@ fn big(seed: u8) -> Vec<u8> {
 }
 
 fn named(stage: &str, key: &str, kind: &str) -> Named {
-    (stage.to_owned(), serde_json::json!({ "key": key }).to_string(), kind.to_owned())
+    (
+        stage.to_owned(),
+        serde_json::json!({ "key": key }).to_string(),
+        kind.to_owned(),
+    )
 }
 
 /// The canonical objects and the stage's, with the divergences injected into the stage.
@@ -75,7 +79,10 @@ fn world() -> World {
     let mut expected = BTreeSet::new();
     let mut stage = Vec::new();
     for (key, bytes) in &canonical {
-        let i = key.strip_suffix(".txt").and_then(|k| k.rsplit_once("/f")).and_then(|(_, n)| n.parse::<usize>().ok());
+        let i = key
+            .strip_suffix(".txt")
+            .and_then(|k| k.rsplit_once("/f"))
+            .and_then(|(_, n)| n.parse::<usize>().ok());
         match (i, key.as_str()) {
             (Some(i), _) if i % 997 == 3 => {
                 expected.insert(named("stage", key, "missing"));
@@ -151,7 +158,11 @@ async fn put_world(client: &aws_sdk_s3::Client, w: &World) -> String {
         ],
     )
     .await;
-    assert!(s3::etag(client, &bucket, "canon/big/mp-equal.bin").await.ends_with("-2\""));
+    assert!(
+        s3::etag(client, &bucket, "canon/big/mp-equal.bin")
+            .await
+            .ends_with("-2\"")
+    );
     bucket
 }
 
@@ -206,19 +217,42 @@ async fn s3_scans_name_exactly_the_mutated_objects_in_every_mode() {
     // same whichever side is the directory.
     let canon_dir = d.join("canon-dir");
     write_dir(&canon_dir, &w.canonical);
-    write_dir(&canon_dir, &[("big/mp-equal.bin".into(), big(0)), ("big/mp-changed.bin".into(), big(0))]);
+    write_dir(
+        &canon_dir,
+        &[
+            ("big/mp-equal.bin".into(), big(0)),
+            ("big/mp-changed.bin".into(), big(0)),
+        ],
+    );
     let stage_dir = d.join("stage-dir");
     write_dir(&stage_dir, &w.stage);
-    write_dir(&stage_dir, &[("big/mp-equal.bin".into(), big(0)), ("big/mp-changed.bin".into(), big(1))]);
+    write_dir(
+        &stage_dir,
+        &[
+            ("big/mp-equal.bin".into(), big(0)),
+            ("big/mp-changed.bin".into(), big(1)),
+        ],
+    );
     for compare in ["etag", "content"] {
         config(d, compare, &canon, "url = \"file:canon-dir\"");
         let run = scan(d);
-        assert_eq!(run.code, Some(0), "{compare}: S3 and a directory of the same bytes: {}\n{}", run.stdout, run.stderr);
+        assert_eq!(
+            run.code,
+            Some(0),
+            "{compare}: S3 and a directory of the same bytes: {}\n{}",
+            run.stdout,
+            run.stderr
+        );
         config(d, compare, &canon, "url = \"file:stage-dir\"");
         let run = scan(d);
         assert_eq!(run.code, Some(2), "{compare}: {}\n{}", run.stdout, run.stderr);
         assert_exactly(&w.expected, &divergences(&run.report()));
-        config(d, compare, "{ url = \"file:canon-dir\" }", &s3_copy(&endpoint, &bucket, "stage/"));
+        config(
+            d,
+            compare,
+            "{ url = \"file:canon-dir\" }",
+            &s3_copy(&endpoint, &bucket, "stage/"),
+        );
         let run = scan(d);
         assert_eq!(run.code, Some(2), "{compare}: {}\n{}", run.stdout, run.stderr);
         assert_exactly(&w.expected, &divergences(&run.report()));
@@ -259,7 +293,14 @@ async fn a_range_of_more_than_a_thousand_keys_pages() {
     let client = s3::client(&endpoint);
     let bucket = s3::fresh_bucket(&client, "paging").await;
     let keys: Vec<String> = (0..2_600).map(|i| format!("k{i:05}")).collect();
-    s3::put_all(&client, &bucket, keys.iter().map(|k| (format!("in/{k}"), k.clone().into_bytes())).collect()).await;
+    s3::put_all(
+        &client,
+        &bucket,
+        keys.iter()
+            .map(|k| (format!("in/{k}"), k.clone().into_bytes()))
+            .collect(),
+    )
+    .await;
     let store = S3Store::open(
         &format!("s3://{bucket}/in/"),
         S3Options {
@@ -284,7 +325,10 @@ async fn a_range_of_more_than_a_thousand_keys_pages() {
     let want: Vec<Key> = keys[300..2_450].iter().map(|k| Key::text(k)).collect();
     assert_eq!(got.len(), want.len());
     assert_eq!(got, want);
-    let all = store.scan_collect(&schema, KeyRange::all(), &hasher, &progress).await.unwrap();
+    let all = store
+        .scan_collect(&schema, KeyRange::all(), &hasher, &progress)
+        .await
+        .unwrap();
     assert_eq!(all.len(), keys.len());
 }
 
@@ -293,8 +337,18 @@ async fn a_server_answering_503_for_a_while_is_ridden_out() {
     let endpoint = s3::endpoint();
     let client = s3::client(&endpoint);
     let bucket = s3::fresh_bucket(&client, "slowdown").await;
-    s3::put_all(&client, &bucket, (0..50).map(|i| (format!("a/k{i}"), vec![b'a'; i])).collect()).await;
-    s3::put_all(&client, &bucket, (1..50).map(|i| (format!("b/k{i}"), vec![b'a'; i])).collect()).await;
+    s3::put_all(
+        &client,
+        &bucket,
+        (0..50).map(|i| (format!("a/k{i}"), vec![b'a'; i])).collect(),
+    )
+    .await;
+    s3::put_all(
+        &client,
+        &bucket,
+        (1..50).map(|i| (format!("b/k{i}"), vec![b'a'; i])).collect(),
+    )
+    .await;
     let proxy = Proxy::start(&endpoint, &["--fail-first", "6"]);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -331,5 +385,42 @@ async fn a_missing_bucket_fails_naming_dataset_copy_and_bucket() {
     for needle in ["\"objects\"", "stage \"eu\"", "no-such-bucket-here", "does not exist"] {
         assert!(run.stderr.contains(needle), "{needle:?} not in: {}", run.stderr);
     }
-    assert!(!run.stderr.contains("s3cr3t-never-shown") && !run.stdout.contains("s3cr3t"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("s3cr3t-never-shown") && !run.stdout.contains("s3cr3t"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_credentials_fail_without_showing_the_secret() {
+    let server = s3::AuthServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("driftless.toml"),
+        format!(
+            "[[datasets]]\nname = \"objects\"\n\
+             canonical = {{ url = \"s3://private/\", endpoint = {:?}, access_key_id = \"AKIAUNKNOWNKEY000000\", secret_access_key = \"wJalr-very-secret\" }}\n\
+             stages = [ {{ name = \"eu\", url = \"file:eu\" }} ]\n",
+            server.endpoint
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(d.join("eu")).unwrap();
+    let run = scan(d);
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    for needle in [
+        "\"objects\"",
+        "canonical copy",
+        "\"private\"",
+        "credentials were refused",
+    ] {
+        assert!(run.stderr.contains(needle), "{needle:?} not in: {}", run.stderr);
+    }
+    assert!(
+        !run.stderr.contains("wJalr") && !run.stdout.contains("wJalr"),
+        "{}",
+        run.stderr
+    );
 }

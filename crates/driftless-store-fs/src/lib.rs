@@ -148,7 +148,7 @@ impl FsStore {
         blocking(&self.location, move || {
             let mut entries = Vec::with_capacity(keys.len());
             for key in &keys {
-                let rel = key_text(&location, key)?;
+                let rel = object::key_path(&location, key)?;
                 let entry = listing::entry_at(&job.root, key, &rel).map_err(|e| StoreError::Read {
                     location: location.to_string(),
                     reason: format!("{rel}: {e}"),
@@ -169,17 +169,6 @@ impl FsStore {
             columns,
             content: ContentHash::of(self.compare, hasher.algorithm()),
         }
-    }
-}
-
-/// A key's one text part: the relative path.
-pub(crate) fn key_text(location: &str, key: &Key) -> Result<String, StoreError> {
-    match key.parts().ok().as_deref() {
-        Some([driftless_core::KeyPart::Text(s)]) => Ok(s.clone()),
-        _ => Err(StoreError::Read {
-            location: location.to_owned(),
-            reason: format!("key {key} is not a file key (one text part)"),
-        }),
     }
 }
 

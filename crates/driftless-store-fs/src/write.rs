@@ -32,7 +32,7 @@ pub(crate) async fn apply_one(job: &Job, op: &WriteOp) -> WriteResult {
 }
 
 async fn try_apply(job: &Job, op: &WriteOp) -> Result<WriteResult, StoreError> {
-    let rel = crate::key_text(&job.location, &op.key)?;
+    let rel = driftless_store::object::key_path(&job.location, &op.key)?;
     let path = match relative_path(&rel) {
         Ok(p) => job.root.join(p),
         Err(reason) => return Ok(WriteResult::Failed(reason)),

@@ -16,7 +16,7 @@ use driftless_store::object::{BodyHasher, Fingerprint, ObjectColumn, ObjectMeta,
 use driftless_store::{CompareMode, StoreError};
 use futures::StreamExt;
 
-use crate::{OBJECT_CONCURRENCY, S3Store, client, list};
+use crate::{OBJECT_CONCURRENCY, S3Store, client};
 
 impl S3Store {
     /// `meta` with the fingerprint the compare mode asks for, or `None` if the object has
@@ -51,7 +51,7 @@ impl S3Store {
         sorted.dedup();
         let found: Vec<Option<(Key, ObjectMeta)>> = futures::stream::iter(sorted)
             .map(|key| async move {
-                let rel = list::key_text(&self.location, &key)?;
+                let rel = driftless_store::object::key_path(&self.location, &key)?;
                 let with_checksum = self.options.compare == CompareMode::Checksum;
                 let Some(meta) = self.head(&rel, with_checksum).await? else {
                     return Ok(None);
@@ -72,7 +72,7 @@ impl S3Store {
 
     /// The object with `key` fingerprinted by the MD5 of its bytes, or `None`.
     pub(crate) async fn settled(&self, key: Key) -> Result<Option<(Key, ObjectMeta)>, StoreError> {
-        let rel = list::key_text(&self.location, &key)?;
+        let rel = driftless_store::object::key_path(&self.location, &key)?;
         let Some(meta) = self.head(&rel, false).await? else {
             return Ok(None);
         };

@@ -6,9 +6,9 @@
 //! in key order. Memory is one page (at most 1,000 objects) per range in flight.
 
 use aws_sdk_s3::types::Object;
-use driftless_core::{Key, KeyPart, KeyRange};
+use driftless_core::{Key, KeyRange};
 use driftless_store::StoreError;
-use driftless_store::object::{Fingerprint, ObjectMeta};
+use driftless_store::object::{self, Fingerprint, ObjectMeta};
 
 use crate::S3Store;
 
@@ -35,17 +35,6 @@ impl Cursor {
             first: true,
             done: false,
         }
-    }
-}
-
-/// A range's relative keys as text: S3 copies have one text key column.
-pub(crate) fn key_text(location: &str, key: &Key) -> Result<String, StoreError> {
-    match key.parts().ok().as_deref() {
-        Some([KeyPart::Text(s)]) => Ok(s.clone()),
-        _ => Err(StoreError::Read {
-            location: location.to_owned(),
-            reason: format!("key {key} is not an object key (one text part)"),
-        }),
     }
 }
 
@@ -83,7 +72,7 @@ impl S3Store {
         if cursor.first
             && let Some(lo) = &cursor.range.lo
         {
-            let lo = key_text(&self.location, lo)?;
+            let lo = object::key_path(&self.location, lo)?;
             if let Some(after) = just_below(&format!("{}{lo}", self.prefix)) {
                 req = req.start_after(after);
             }

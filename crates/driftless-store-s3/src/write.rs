@@ -16,6 +16,7 @@
 //! endpoint and region, otherwise a streamed GET and PUT, as a multipart upload above
 //! [`MULTIPART_THRESHOLD_BYTES`]. Deletes check, then delete.
 
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use driftless_core::{Aggregate, Key, RowHasher};
@@ -24,7 +25,7 @@ use driftless_store::{CompareMode, StoreError, WriteAction, WriteOp, WriteResult
 use tokio::io::AsyncReadExt;
 
 use crate::fingerprint::meta_of_head;
-use crate::{S3Store, client, list};
+use crate::{S3Store, client};
 
 /// Objects larger than this are uploaded in parts.
 pub const MULTIPART_THRESHOLD_BYTES: u64 = 16 * 1024 * 1024;
@@ -45,6 +46,17 @@ enum Precondition {
     IfNoneMatch,
     /// The endpoint ignores conditional headers: the check alone guards the write.
     None,
+}
+
+/// `req` with the precondition's header, for any request builder that takes them.
+macro_rules! conditional {
+    ($req:expr, $precondition:expr) => {
+        match $precondition {
+            Precondition::IfMatch(etag) => $req.if_match(etag),
+            Precondition::IfNoneMatch => $req.if_none_match("*"),
+            Precondition::None => $req,
+        }
+    };
 }
 
 /// How one attempt at a write ended, before it becomes a [`WriteResult`].
@@ -69,7 +81,7 @@ impl S3Store {
         hasher: &RowHasher,
         op: &WriteOp,
     ) -> Result<WriteResult, StoreError> {
-        let rel = list::key_text(&self.location, &op.key)?;
+        let rel = driftless_store::object::key_path(&self.location, &op.key)?;
         let now = self.current(&rel, &op.key, columns, hasher).await?;
         if now.seen != op.seen {
             return Ok(WriteResult::Changed(now.seen));
@@ -93,11 +105,7 @@ impl S3Store {
                 if let Precondition::IfMatch(etag) = &precondition {
                     req = req.if_match(etag);
                 }
-                match req.send().await {
-                    Ok(_) => Outcome::Written,
-                    Err(e) if client::status(&e) == Some(412) => Outcome::Raced,
-                    Err(e) => return Err(self.key_error(&rel, &e)),
-                }
+                self.finished(&rel, req.send().await)?
             }
             WriteAction::Put(_) | WriteAction::Statement { .. } => {
                 return Ok(WriteResult::Failed(
@@ -168,22 +176,13 @@ impl S3Store {
             if self.current(rel, &op.key, columns, hasher).await?.seen != op.seen {
                 return Ok(Outcome::Raced);
             }
-            let mut req = self
+            let req = self
                 .client
                 .copy_object()
                 .bucket(&self.bucket)
                 .key(self.full_key(rel))
                 .copy_source(format!("{}/{}", address.bucket, encode_key(&address.key)));
-            req = match precondition {
-                Precondition::IfMatch(etag) => req.if_match(etag),
-                Precondition::IfNoneMatch => req.if_none_match("*"),
-                Precondition::None => req,
-            };
-            return match req.send().await {
-                Ok(_) => Ok(Outcome::Written),
-                Err(e) if client::status(&e) == Some(412) => Ok(Outcome::Raced),
-                Err(e) => Err(self.key_error(rel, &e)),
-            };
+            return self.finished(rel, conditional!(req, precondition).send().await);
         }
         let Some((size, reader)) = source.0.open_object(rel).await? else {
             return Err(StoreError::Read {
@@ -203,23 +202,14 @@ impl S3Store {
         if self.current(rel, &op.key, columns, hasher).await?.seen != op.seen {
             return Ok(Outcome::Raced);
         }
-        let mut req = self
+        let req = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(self.full_key(rel))
             .content_length(i64::try_from(body.len()).unwrap_or(i64::MAX))
             .body(ByteStream::from(body));
-        req = match precondition {
-            Precondition::IfMatch(etag) => req.if_match(etag),
-            Precondition::IfNoneMatch => req.if_none_match("*"),
-            Precondition::None => req,
-        };
-        match req.send().await {
-            Ok(_) => Ok(Outcome::Written),
-            Err(e) if client::status(&e) == Some(412) => Ok(Outcome::Raced),
-            Err(e) => Err(self.key_error(rel, &e)),
-        }
+        self.finished(rel, conditional!(req, precondition).send().await)
     }
 
     /// A streamed multipart upload: one part in memory at a time. An upload that fails is
@@ -309,19 +299,23 @@ impl S3Store {
         if self.current(rel, &op.key, columns, hasher).await?.seen != op.seen {
             return Ok(Outcome::Raced);
         }
-        let mut req = self
+        let req = self
             .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
-        req = match precondition {
-            Precondition::IfMatch(etag) => req.if_match(etag),
-            Precondition::IfNoneMatch => req.if_none_match("*"),
-            Precondition::None => req,
-        };
-        match req.send().await {
+        self.finished(rel, conditional!(req, precondition).send().await)
+    }
+
+    /// What the final request of a write says: written, refused by its precondition (412),
+    /// or failed.
+    fn finished<T, E>(&self, rel: &str, sent: Result<T, SdkError<E>>) -> Result<Outcome, StoreError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match sent {
             Ok(_) => Ok(Outcome::Written),
             Err(e) if client::status(&e) == Some(412) => Ok(Outcome::Raced),
             Err(e) => Err(self.key_error(rel, &e)),

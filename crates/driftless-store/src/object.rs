@@ -178,6 +178,17 @@ fn resolve_columns(location: &str, kind: &str, names: &[String]) -> Result<Vec<O
     Ok(cols)
 }
 
+/// The relative path an object copy's key holds (its one text part).
+pub fn key_path(location: &str, key: &driftless_core::Key) -> Result<String, StoreError> {
+    match key.parts().ok().as_deref() {
+        Some([driftless_core::KeyPart::Text(s)]) => Ok(s.clone()),
+        _ => Err(StoreError::Read {
+            location: location.to_owned(),
+            reason: format!("key {key} is not an object key (one text part)"),
+        }),
+    }
+}
+
 /// What an object's listing (or a stat, or its streamed bytes) says of its content.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fingerprint {

@@ -205,3 +205,25 @@ pub fn load_average() -> String {
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".to_owned())
 }
+
+/// One timed run, after `what` (which may be empty).
+pub fn print_sample(what: &str, run: usize, sample: &Sample) {
+    let rss = sample
+        .peak_rss_kib
+        .map_or_else(|| "n/a".to_owned(), |kib| format!("{kib} KiB"));
+    let cpu = sample.cpu.map_or_else(|| "n/a".to_owned(), secs);
+    let what = if what.is_empty() {
+        String::new()
+    } else {
+        format!("{what} ")
+    };
+    println!("{what}run {run}: {} wall, {cpu} CPU, peak RSS {rss}", secs(sample.wall));
+}
+
+/// The first executable named `name` on `PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}

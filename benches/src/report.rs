@@ -41,3 +41,10 @@ pub fn check_exact(expected: &BTreeSet<Divergence>, found: &BTreeSet<Divergence>
     );
     Ok(())
 }
+
+/// The `N` of rclone's closing "N differences found" line.
+pub fn rclone_differences(stderr: &str) -> Option<u64> {
+    let line = stderr.lines().rev().find(|l| l.contains("differences found"))?;
+    let before = line.split("differences found").next()?;
+    before.split_whitespace().last()?.parse().ok()
+}

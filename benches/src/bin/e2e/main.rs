@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, ValueEnum};
-use driftless_benches::measure::{Options, Runner, Sample, Summary, load_average, secs};
+use driftless_benches::measure::{Options, Runner, Sample, Summary, find_on_path, load_average, print_sample, secs};
 use driftless_benches::{Divergence, files_data, pg_data, report, sqlite_data};
 
 mod postgres;
@@ -437,7 +437,7 @@ impl Bench {
                 sample.code,
                 sample.stderr
             );
-            let found = rclone_differences(&sample.stderr);
+            let found = report::rclone_differences(&sample.stderr);
             if found != Some(scan.expected.len() as u64) {
                 eprintln!(
                     "warning: rclone check reported {found:?} differences, {} were injected",
@@ -601,20 +601,6 @@ fn report_generation(generated: bool, start: Instant, what: &str, dir: &Path) {
     }
 }
 
-/// One timed run, after `what` (which may be empty).
-fn print_sample(what: &str, run: usize, sample: &Sample) {
-    let rss = sample
-        .peak_rss_kib
-        .map_or_else(|| "n/a".to_owned(), |kib| format!("{kib} KiB"));
-    let cpu = sample.cpu.map_or_else(|| "n/a".to_owned(), secs);
-    let what = if what.is_empty() {
-        String::new()
-    } else {
-        format!("{what} ")
-    };
-    println!("{what}run {run}: {} wall, {cpu} CPU, peak RSS {rss}", secs(sample.wall));
-}
-
 /// A row count as `10M`, `100k` or `1234`.
 fn human(n: u64) -> String {
     match n {
@@ -622,19 +608,4 @@ fn human(n: u64) -> String {
         _ if n >= 1000 && n.is_multiple_of(1000) => format!("{}k", n / 1000),
         _ => n.to_string(),
     }
-}
-
-/// The `N` of rclone's closing "N differences found" line.
-fn rclone_differences(stderr: &str) -> Option<u64> {
-    let line = stderr.lines().rev().find(|l| l.contains("differences found"))?;
-    let before = line.split("differences found").next()?;
-    before.split_whitespace().last()?.parse().ok()
-}
-
-/// The first executable named `name` on `PATH`.
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
 }

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use driftless_benches::measure::{Options, Sample, secs};
+use driftless_benches::measure::{Options, Sample, find_on_path, print_sample, secs};
 use driftless_benches::pg_data;
 
-use super::{Bench, DATASET, EXIT_CONSISTENT, EXIT_DRIFT, Scan, Scenario, Target, find_on_path, human, print_sample};
+use super::{Bench, DATASET, EXIT_CONSISTENT, EXIT_DRIFT, Scan, Scenario, Target, human};
 
 /// Target wall times of the 10M-row PostgreSQL scans (from the issue): push-down with 20
 /// divergences, pull with 20 divergences, identical copies.

@@ -172,16 +172,28 @@ impl S3Store {
             .into_iter()
             .filter_map(Result::transpose)
             .collect::<Result<_, _>>()?;
-        let mut scratch = Vec::new();
-        Ok(metas
-            .into_iter()
-            .map(|m| {
-                let key = Key::text(&m.key);
-                let digest = object_digest(hasher, &key, m.size, &m.fingerprint, columns, &mut scratch);
-                (key, digest)
-            })
-            .collect())
+        Ok(digests(
+            metas.into_iter().map(|m| (Key::text(&m.key), m)),
+            columns,
+            hasher,
+        ))
     }
+}
+
+/// The `(key, digest)` of each object, in the order given.
+fn digests(
+    metas: impl IntoIterator<Item = (Key, object::ObjectMeta)>,
+    columns: &[ObjectColumn],
+    hasher: &RowHasher,
+) -> DigestBatch {
+    let mut scratch = Vec::new();
+    metas
+        .into_iter()
+        .map(|(key, m)| {
+            let digest = object_digest(hasher, &key, m.size, &m.fingerprint, columns, &mut scratch);
+            (key, digest)
+        })
+        .collect()
 }
 
 /// `s3://bucket/prefix` into the bucket and the prefix, `/`-terminated unless empty.
@@ -279,14 +291,7 @@ impl Store for S3Store {
     async fn digest_keys(&self, schema: &Schema, keys: &[Key], hasher: &RowHasher) -> Result<DigestBatch, StoreError> {
         let columns = self.columns(schema)?;
         let metas = self.metas_of(keys, &columns).await?;
-        let mut scratch = Vec::new();
-        Ok(metas
-            .into_iter()
-            .map(|(key, m)| {
-                let d = object_digest(hasher, &key, m.size, &m.fingerprint, &columns, &mut scratch);
-                (key, d)
-            })
-            .collect())
+        Ok(digests(metas, &columns, hasher))
     }
 
     fn settles(&self, schema: &Schema) -> bool {
@@ -305,15 +310,7 @@ impl Store for S3Store {
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
-        let mut scratch = Vec::new();
-        Ok(settled
-            .into_iter()
-            .flatten()
-            .map(|(key, m)| {
-                let d = object_digest(hasher, &key, m.size, &m.fingerprint, &columns, &mut scratch);
-                (key, d)
-            })
-            .collect())
+        Ok(digests(settled.into_iter().flatten(), &columns, hasher))
     }
 
     fn writable(&self) -> bool {

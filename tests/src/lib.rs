@@ -273,3 +273,23 @@ pub fn finished_report(child: std::process::Child, code: i32) -> Json {
     );
     serde_json::from_str(&stdout).expect("the report is JSON")
 }
+
+/// Asserts the ledger of `dataset`/`stage` settled every intent and holds exactly one
+/// application for each of `divergent` keys; returns how many repairs were found already
+/// applied after a kill (`repeats`).
+pub async fn assert_applied_once(
+    control: &driftless_control::ControlPlane,
+    dataset: &str,
+    stage: &str,
+    divergent: usize,
+) -> usize {
+    let ledger = control.ledger(dataset, stage).await.unwrap();
+    let mut applied: std::collections::BTreeMap<Vec<u8>, i64> = std::collections::BTreeMap::new();
+    for row in &ledger {
+        *applied.entry(row.key_bytes.clone()).or_default() += row.applications;
+        assert!(row.outcome != "pending", "an intent was left unsettled: {row:?}");
+    }
+    assert_eq!(applied.len(), divergent);
+    assert!(applied.values().all(|&n| n == 1), "{applied:?}");
+    ledger.iter().filter(|r| r.repeats > 0).count()
+}

@@ -4,7 +4,6 @@
 //! ledger must record one application per divergence. Half the runs are stopped by a
 //! failpoint right after a stage write, before its settlement, so kills land in that window.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -173,17 +172,9 @@ async fn check_exactly_once(writes: &[Vec<String>], control: &ControlPlane) {
     let twice: Vec<&Vec<String>> = writes.iter().filter(|r| r[1] != "1").collect();
     assert!(twice.is_empty(), "written more than once: {twice:?}");
     assert_eq!(writes.len(), DIVERGENT);
-    let ledger = control.ledger("items", "stage").await.unwrap();
-    let mut applied: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
-    for row in &ledger {
-        *applied.entry(row.key_bytes.clone()).or_default() += row.applications;
-        assert!(row.outcome != "pending", "an intent was left unsettled: {row:?}");
-    }
-    assert_eq!(applied.len(), DIVERGENT);
-    assert!(applied.values().all(|&n| n == 1), "{applied:?}");
     // Some repairs were found already applied after a kill between the stage write and
     // the ledger: counted once, not written again.
-    let recovered = ledger.iter().filter(|r| r.repeats > 0).count();
+    let recovered = driftless_tests::assert_applied_once(control, "items", "stage", DIVERGENT).await;
     eprintln!("{recovered} repairs were found applied after a kill, of {DIVERGENT}");
     assert!(recovered > 0, "no kill landed between a stage write and its settlement");
 }

@@ -361,13 +361,6 @@ async fn killed_object_repairs_apply_every_write_once() {
     let control = ControlPlane::connect(&format!("sqlite://{}", d.join("driftless.db").display()))
         .await
         .unwrap();
-    let ledger = control.ledger("objects", "stage").await.unwrap();
-    let mut applied: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
-    for row in &ledger {
-        *applied.entry(row.key_bytes.clone()).or_default() += row.applications;
-        assert!(row.outcome != "pending", "an intent was left unsettled: {row:?}");
-    }
-    assert_eq!(applied.len(), DRIFT - 1);
-    assert!(applied.values().all(|&n| n == 1), "{applied:?}");
+    driftless_tests::assert_applied_once(&control, "objects", "stage", DRIFT - 1).await;
     drop(proxy);
 }

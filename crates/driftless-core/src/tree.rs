@@ -37,9 +37,13 @@ impl KeyRange {
     }
 }
 
-/// The sorted, distinct keys that split the key space into leaves.
+/// The sorted, distinct keys that split the key space into leaves, and how many rows a
+/// leaf is expected to hold when that is known.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Boundaries(Vec<Key>);
+pub struct Boundaries {
+    keys: Vec<Key>,
+    leaf_rows: Option<u64>,
+}
 
 impl Boundaries {
     /// Boundaries from already sorted, distinct keys.
@@ -51,7 +55,7 @@ impl Boundaries {
             keys.windows(2).all(|w| w[0] < w[1]),
             "boundaries must be strictly increasing"
         );
-        Boundaries(keys)
+        Boundaries { keys, leaf_rows: None }
     }
 
     /// Boundaries at the quantiles of `sample`, aiming for `target_leaves` leaves of about
@@ -70,23 +74,49 @@ impl Boundaries {
         if keys.first() == sample.first() {
             keys.remove(0);
         }
-        Boundaries(keys)
+        Boundaries { keys, leaf_rows: None }
+    }
+
+    /// These boundaries, with `rows` rows expected in all (the canonical copy's count when
+    /// they were cut): each leaf expects an even share. Stores use it to size reads.
+    pub fn expecting(mut self, rows: u64) -> Boundaries {
+        self.leaf_rows = Some(rows.div_ceil(self.leaf_count() as u64));
+        self
+    }
+
+    /// Rows a leaf is expected to hold, when known.
+    pub fn leaf_rows(&self) -> Option<u64> {
+        self.leaf_rows
     }
 
     /// Number of leaves these boundaries make.
     pub fn leaf_count(&self) -> usize {
-        self.0.len() + 1
+        self.keys.len() + 1
     }
 
     /// The boundary keys.
     pub fn keys(&self) -> &[Key] {
-        &self.0
+        &self.keys
+    }
+
+    /// The leaves `first..=last` that `range` covers exactly, when both its ends are
+    /// boundaries (or open).
+    pub fn leaves_of(&self, range: &KeyRange) -> Option<(usize, usize)> {
+        let first = match &range.lo {
+            None => 0,
+            Some(lo) => self.keys.binary_search(lo).ok()? + 1,
+        };
+        let last = match &range.hi {
+            None => self.keys.len(),
+            Some(hi) => self.keys.binary_search(hi).ok()?,
+        };
+        (first <= last).then_some((first, last))
     }
 
     /// The leaf holding `key`.
     #[inline]
     pub fn leaf_of(&self, key: &Key) -> usize {
-        self.0.partition_point(|b| b <= key)
+        self.keys.partition_point(|b| b <= key)
     }
 
     /// The key range of leaf `i`.
@@ -97,8 +127,8 @@ impl Boundaries {
     /// The key range covering leaves `first..=last`.
     pub fn span(&self, first: usize, last: usize) -> KeyRange {
         KeyRange {
-            lo: first.checked_sub(1).map(|j| self.0[j].clone()),
-            hi: self.0.get(last).cloned(),
+            lo: first.checked_sub(1).map(|j| self.keys[j].clone()),
+            hi: self.keys.get(last).cloned(),
         }
     }
 
@@ -315,6 +345,23 @@ mod tests {
         assert_eq!(b.leaf_of(&k(i64::MAX)), b.leaf_count() - 1);
         assert!(b.range(0).lo.is_none());
         assert!(b.range(b.leaf_count() - 1).hi.is_none());
+    }
+
+    #[test]
+    fn spans_map_back_to_their_leaves() {
+        let b = Boundaries::from_sample((0..100).map(k).collect(), 7).expecting(100);
+        assert_eq!(b.leaf_rows(), Some(15));
+        let n = b.leaf_count();
+        for (first, last) in [(0, 0), (0, n - 1), (2, 4), (n - 1, n - 1)] {
+            assert_eq!(b.leaves_of(&b.span(first, last)), Some((first, last)));
+        }
+        // A range whose ends are not boundaries covers no leaves exactly.
+        let odd = KeyRange {
+            lo: Some(k(-3)),
+            hi: None,
+        };
+        assert_eq!(b.leaves_of(&odd), None);
+        assert_eq!(Boundaries::from_sorted(vec![k(5)]).leaf_rows(), None);
     }
 
     #[test]

@@ -316,7 +316,13 @@ async fn choose_boundaries(
         copy: canonical_label(),
         error,
     };
-    let leaves_wanted = |rows: u64| (rows / options.rows_per_leaf.max(1)).clamp(1, MAX_LEAVES);
+    // Copies whose re-reads cost per key returned (object listings) ask for smaller leaves.
+    let rows_per_leaf = std::iter::once(&plan.canonical)
+        .chain(plan.stages.iter().map(|s| &s.store))
+        .filter_map(|store| store.leaf_rows())
+        .fold(options.rows_per_leaf, u64::min)
+        .max(1);
+    let leaves_wanted = |rows: u64| (rows / rows_per_leaf).clamp(1, MAX_LEAVES);
     let estimate = plan.canonical.sample_keys(schema, 0).await.map_err(store_err)?.rows;
     let sample_size = (leaves_wanted(estimate) * SAMPLES_PER_LEAF) as usize;
     let sample = plan
@@ -324,7 +330,7 @@ async fn choose_boundaries(
         .sample_keys(schema, sample_size)
         .await
         .map_err(store_err)?;
-    let boundaries = Boundaries::from_sample(sample.keys, leaves_wanted(sample.rows) as usize);
+    let boundaries = Boundaries::from_sample(sample.keys, leaves_wanted(sample.rows) as usize).expecting(sample.rows);
     Ok((boundaries, sample.rows))
 }
 

@@ -78,6 +78,8 @@ pub struct S3Store {
     writable: bool,
     summary: OnceCell<Summary>,
     conditional: OnceCell<bool>,
+    /// The keys per leaf this copy's last tree counted, which size the pages of re-reads.
+    counted: std::sync::Mutex<Option<(Boundaries, Vec<u64>)>>,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -90,6 +92,11 @@ impl std::fmt::Debug for S3Store {
             .finish_non_exhaustive()
     }
 }
+
+/// Rows per leaf an S3 copy asks the engine for. A divergent leaf is read back by listing
+/// it, which costs a request and then time per key returned: a leaf of a tenth of a page
+/// keeps re-reads to a small share of the listing, while the tree stays small.
+const LEAF_ROWS: u64 = 100;
 
 /// Bodies and HEADs in flight per copy, in `content` and `checksum` modes and key reads.
 pub(crate) const OBJECT_CONCURRENCY: usize = 16;
@@ -112,7 +119,24 @@ impl S3Store {
             writable: false,
             summary: OnceCell::new(),
             conditional: OnceCell::new(),
+            counted: std::sync::Mutex::default(),
         })
+    }
+
+    /// Remembers the keys per leaf of a tree of this copy.
+    fn count(&self, boundaries: &Boundaries, tree: &Tree) {
+        let counts = tree.leaves().iter().map(|leaf| leaf.count).collect();
+        if let Ok(mut counted) = self.counted.lock() {
+            *counted = Some((boundaries.clone(), counts));
+        }
+    }
+
+    /// The keys this copy's last tree counted in `range`, when `range` is a span of its leaves.
+    fn counted_in(&self, range: &KeyRange) -> Option<u64> {
+        let counted = self.counted.lock().ok()?;
+        let (boundaries, counts) = counted.as_ref()?;
+        let (first, last) = boundaries.leaves_of(range)?;
+        Some(counts[first..=last].iter().sum())
     }
 
     /// This copy, opened for repair writes.
@@ -251,7 +275,8 @@ impl Store for S3Store {
             Ok(c) => c,
             Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
         };
-        futures::stream::try_unfold((Cursor::new(range), columns), move |(mut cursor, columns)| async move {
+        let cursor = Cursor::expecting(range.clone(), self.counted_in(&range));
+        futures::stream::try_unfold((cursor, columns), move |(mut cursor, columns)| async move {
             let Some(page) = self.next_page(&mut cursor).await? else {
                 return Ok(None);
             };
@@ -270,13 +295,23 @@ impl Store for S3Store {
         progress: &Progress,
     ) -> Result<Tree, StoreError> {
         let columns = self.columns(schema)?;
-        if let Some(summary) = self.summary.get()
-            && let Some(tree) = summary.tree(&columns, boundaries, hasher)
+        let tree = match self
+            .summary
+            .get()
+            .and_then(|s| Some((s.rows(), s.tree(&columns, boundaries, hasher)?)))
         {
-            progress.fetch_add(summary.rows(), std::sync::atomic::Ordering::Relaxed);
-            return Ok(tree);
-        }
-        self.list_tree(&columns, boundaries, hasher, progress).await
+            Some((rows, tree)) => {
+                progress.fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
+                tree
+            }
+            None => self.list_tree(&columns, boundaries, hasher, progress).await?,
+        };
+        self.count(boundaries, &tree);
+        Ok(tree)
+    }
+
+    fn leaf_rows(&self) -> Option<u64> {
+        Some(LEAF_ROWS)
     }
 
     async fn fetch(&self, schema: &Schema, keys: &[Key]) -> Result<Vec<(Key, Vec<Value>)>, StoreError> {

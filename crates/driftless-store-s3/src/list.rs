@@ -4,6 +4,12 @@
 //! and follows continuation tokens within it, stopping at the first key at or past `hi`. S3
 //! orders keys by their UTF-8 bytes, as driftless orders text keys, so a range's keys come
 //! in key order. Memory is one page (at most 1,000 objects) per range in flight.
+//!
+//! S3 has no end key, so a range's last page would run past `hi` by up to a page of keys
+//! that are thrown away. When the range's key count is expected (from the boundaries, or
+//! from what this copy counted in its last tree), pages ask for just the keys still
+//! expected and one more, which shows the end; when the range turns out to hold more, the
+//! pages that follow grow from [`EXTRA_PAGE_KEYS`] back to full size.
 
 use aws_sdk_s3::types::Object;
 use driftless_core::{Key, KeyRange};
@@ -14,6 +20,8 @@ use crate::S3Store;
 
 /// Keys per ListObjectsV2 page: S3's largest.
 pub(crate) const PAGE_KEYS: i32 = 1000;
+/// The first page asked for once a range's expected keys are all read.
+const EXTRA_PAGE_KEYS: i32 = 64;
 /// Objects whose relative key starts with this are driftless's own conditional-write
 /// probes (see `probe`), never rows.
 pub(crate) const PROBE_PREFIX: &str = ".driftless-probe-";
@@ -25,6 +33,12 @@ pub(crate) struct Cursor {
     token: Option<String>,
     first: bool,
     done: bool,
+    /// Keys the range is expected to hold, when known.
+    expected: Option<u64>,
+    /// Keys of the range read so far.
+    seen: u64,
+    /// The next page's size once the expected keys are read.
+    extra: i32,
 }
 
 impl Cursor {
@@ -34,6 +48,33 @@ impl Cursor {
             token: None,
             first: true,
             done: false,
+            expected: None,
+            seen: 0,
+            extra: EXTRA_PAGE_KEYS,
+        }
+    }
+
+    /// A cursor over a range expected to hold `keys` keys.
+    pub(crate) fn expecting(range: KeyRange, keys: Option<u64>) -> Cursor {
+        Cursor {
+            expected: keys,
+            ..Cursor::new(range)
+        }
+    }
+
+    /// Keys to ask for in the next page.
+    fn page_keys(&mut self) -> i32 {
+        let Some(expected) = self.expected else {
+            return PAGE_KEYS;
+        };
+        match expected.checked_sub(self.seen).filter(|&left| left > 0) {
+            // One more than expected shows the first key past the range, or its absence.
+            Some(left) => i32::try_from(left + 1).unwrap_or(PAGE_KEYS).min(PAGE_KEYS),
+            None => {
+                let keys = self.extra;
+                self.extra = (self.extra * 4).min(PAGE_KEYS);
+                keys
+            }
         }
     }
 }
@@ -68,7 +109,7 @@ impl S3Store {
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(&self.prefix)
-            .max_keys(PAGE_KEYS);
+            .max_keys(cursor.page_keys());
         if cursor.first
             && let Some(lo) = &cursor.range.lo
         {
@@ -97,6 +138,7 @@ impl S3Store {
             }
             out.push(meta);
         }
+        cursor.seen += out.len() as u64;
         Ok(Some(out))
     }
 
@@ -130,5 +172,20 @@ mod tests {
         }
         assert_eq!(just_below(""), None);
         assert_eq!(just_below("\u{0}"), None);
+    }
+
+    #[test]
+    fn pages_ask_for_what_is_still_expected() {
+        let mut plain = Cursor::new(KeyRange::all());
+        assert_eq!(plain.page_keys(), PAGE_KEYS);
+        let mut c = Cursor::expecting(KeyRange::all(), Some(2500));
+        assert_eq!(c.page_keys(), PAGE_KEYS);
+        c.seen = 2000;
+        assert_eq!(c.page_keys(), 501);
+        // More keys than expected: small pages first, growing back to full ones.
+        c.seen = 2501;
+        let sizes: Vec<i32> = (0..5).map(|_| c.page_keys()).collect();
+        assert_eq!(sizes, [64, 256, 1000, 1000, 1000]);
+        assert_eq!(Cursor::expecting(KeyRange::all(), Some(0)).page_keys(), 64);
     }
 }

@@ -3,7 +3,9 @@
 //! The leaves are grouped into about [`RANGES_PER_LIST`] contiguous spans, listed
 //! [`LISTS_IN_FLIGHT`] at a time, each folded into a partial tree as its pages arrive; the
 //! partial trees are then merged (leaf aggregates add). Memory is one page per span in
-//! flight.
+//! flight. When the boundaries say how many rows a leaf expects, a span is cut to a little
+//! under a whole number of pages, so that listing in spans costs hardly more requests than
+//! one listing from end to end.
 
 use driftless_core::tree::LeafBuilder;
 use driftless_core::{Boundaries, RowHasher, Tree};
@@ -12,10 +14,10 @@ use driftless_store::{Progress, StoreError};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::S3Store;
-use crate::list::Cursor;
+use crate::list::{Cursor, PAGE_KEYS};
 
 /// Key ranges a listing is split into, so that a few slow pages do not hold up the rest.
-const RANGES_PER_LIST: usize = 32;
+const RANGES_PER_LIST: u64 = 16;
 /// Ranges listed at once.
 const LISTS_IN_FLIGHT: usize = 8;
 
@@ -29,14 +31,15 @@ impl S3Store {
         progress: &Progress,
     ) -> Result<Tree, StoreError> {
         let leaves = boundaries.leaf_count();
-        let per_span = leaves.div_ceil(RANGES_PER_LIST).max(1);
+        let per_span = leaves_per_span(boundaries);
         let spans: Vec<(usize, usize)> = (0..leaves)
             .step_by(per_span)
             .map(|first| (first, (first + per_span).min(leaves) - 1))
             .collect();
         let parts: Vec<Tree> = futures::stream::iter(spans)
             .map(|(first, last)| async move {
-                let mut cursor = Cursor::new(boundaries.span(first, last));
+                let expected = boundaries.leaf_rows().map(|rows| rows * (last - first + 1) as u64);
+                let mut cursor = Cursor::expecting(boundaries.span(first, last), expected);
                 let mut builder = LeafBuilder::new(boundaries);
                 while let Some(page) = self.next_page(&mut cursor).await? {
                     let batch = self.digest_page(page, columns, hasher).await?;
@@ -55,5 +58,44 @@ impl S3Store {
             tree.merge(part);
         }
         Ok(tree)
+    }
+}
+
+/// Leaves per listed span: a little under a whole number of pages of expected keys, or an
+/// even share of the leaves when a leaf's rows are not known.
+fn leaves_per_span(boundaries: &Boundaries) -> usize {
+    let leaves = boundaries.leaf_count() as u64;
+    let per_span = match boundaries.leaf_rows().filter(|&rows| rows > 0) {
+        Some(rows) => {
+            let page = PAGE_KEYS as u64;
+            let pages_per_span = (leaves * rows).div_ceil(page).div_ceil(RANGES_PER_LIST);
+            // 1/64 under whole pages, so a span a little fuller than expected still fits.
+            pages_per_span * (page - page / 64) / rows
+        }
+        None => leaves.div_ceil(RANGES_PER_LIST),
+    };
+    usize::try_from(per_span.clamp(1, leaves)).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use driftless_core::Key;
+
+    fn boundaries(leaves: usize) -> Boundaries {
+        Boundaries::from_sorted((1..leaves).map(|i| Key::text(&format!("k{i:06}"))).collect())
+    }
+
+    #[test]
+    fn spans_fill_whole_pages() {
+        // 1,000 leaves of 100 keys: 100 pages, 7 per span, 68 leaves (6,800 keys) per span.
+        assert_eq!(leaves_per_span(&boundaries(1000).expecting(100_000)), 68);
+        // A copy of a few pages: one page a span.
+        assert_eq!(leaves_per_span(&boundaries(100).expecting(10_000)), 9);
+        // Leaves bigger than a page: one leaf a span.
+        assert_eq!(leaves_per_span(&boundaries(10).expecting(50_000)), 1);
+        // Unknown leaf rows: an even share of the leaves.
+        assert_eq!(leaves_per_span(&boundaries(100)), 7);
+        assert_eq!(leaves_per_span(&boundaries(1).expecting(5)), 1);
     }
 }

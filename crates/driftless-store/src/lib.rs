@@ -274,6 +274,13 @@ pub trait Store: Send + Sync + fmt::Debug {
         Err(self.unsupported("cannot group rows by a dedupe key"))
     }
 
+    /// Rows per leaf this copy prefers when it is smaller than the scan's default: a copy
+    /// read back by listing, where a re-read of a divergent leaf returns every key in it,
+    /// gains from small leaves. `None` for no preference.
+    fn leaf_rows(&self) -> Option<u64> {
+        None
+    }
+
     /// Whether this copy's scan digests can differ from another copy's while the content
     /// is equal (an object store fingerprinting by ETag or checksum), so that a changed key
     /// must be settled with [`Store::settle_keys`] on both copies before it is reported.

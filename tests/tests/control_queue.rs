@@ -22,7 +22,7 @@ async fn start(control: &ControlPlane, run_id: &str) {
     control
         .start_run(&RunStart {
             run_id: run_id.into(),
-            mode: "repair".into(),
+            mode: driftless_control::Mode::Repair,
             started_by: "test".into(),
             config_digest: "x".into(),
             started_us: 0,

@@ -10,14 +10,17 @@
 //!   holds by the breaker and approvals.
 //! - [`queue`]: the divergence queue (upsert on detection, leases, backoff, dead entries).
 //! - [`ledger`]: the repair ledger, settled in one transaction with the queue entry.
+//! - [`status`]: the typed mode and statuses of runs and stage repairs.
 //!
 //! The segment and leaf-digest tables exist for the fleet issues.
 
 pub mod ledger;
 pub mod queue;
+pub mod status;
 
 pub use ledger::{Intent, KeyLedger, LedgerRow, LedgerUpdate, Settle};
 pub use queue::{Backoff, Depth, Detected, EntryRecord, Leased, Settlement};
+pub use status::{Mode, RepairStatus, RunStatus};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -75,8 +78,8 @@ pub struct ControlPlane {
 pub struct RunStart {
     /// The run's id (uuid v7).
     pub run_id: String,
-    /// `scan` or `repair`.
-    pub mode: String,
+    /// What the run does.
+    pub mode: Mode,
     /// `user@host` of the process.
     pub started_by: String,
     /// Hex BLAKE3 of the config file.
@@ -111,10 +114,10 @@ pub struct StageCounts {
 pub struct RunInfo {
     /// The run's id.
     pub run_id: String,
-    /// `scan` or `repair`.
-    pub mode: String,
-    /// `running`, `consistent`, `drift`, `held` or `failed`.
-    pub status: String,
+    /// What the run does.
+    pub mode: Mode,
+    /// Where it stands.
+    pub status: RunStatus,
     /// Hex BLAKE3 of the config file it ran with.
     pub config_digest: String,
     /// What it covered (JSON).
@@ -128,8 +131,8 @@ pub struct RunInfo {
 pub struct RunRecord {
     /// The run's id.
     pub run_id: String,
-    /// `running`, `consistent`, `drift` or `failed`.
-    pub status: String,
+    /// Where it stands.
+    pub status: RunStatus,
     /// How many stage results it recorded.
     pub stages: i64,
 }
@@ -230,7 +233,7 @@ impl ControlPlane {
     pub async fn finish_run(
         &self,
         run_id: &str,
-        status: &str,
+        status: RunStatus,
         finished_us: i64,
         stages: &[StageCounts],
     ) -> Result<(), ControlError> {
@@ -258,7 +261,7 @@ impl ControlPlane {
                         .await?;
                 }
                 sqlx::query(&$sql(RUN))
-                    .bind(status)
+                    .bind(status.as_str())
                     .bind(finished_us)
                     .bind(run_id)
                     .execute(&mut *tx)
@@ -280,18 +283,20 @@ impl ControlPlane {
     pub async fn runs(&self) -> Result<Vec<RunRecord>, ControlError> {
         const SQL: &str = "SELECT r.run_id, r.status, (SELECT count(*) FROM run_stages s WHERE s.run_id = r.run_id) \
                            FROM runs r ORDER BY r.started_us, r.run_id";
-        let record = |(run_id, status, stages): (String, String, i64)| RunRecord { run_id, status, stages };
-        match &self.db {
-            Db::Sqlite(pool) => sqlx::query_as(SQL)
-                .fetch_all(pool)
-                .await
-                .map(|rows| rows.into_iter().map(record).collect()),
-            Db::Postgres(pool) => sqlx::query_as(SQL)
-                .fetch_all(pool)
-                .await
-                .map(|rows| rows.into_iter().map(record).collect()),
+        let rows: Vec<(String, String, i64)> = match &self.db {
+            Db::Sqlite(pool) => sqlx::query_as(SQL).fetch_all(pool).await,
+            Db::Postgres(pool) => sqlx::query_as(SQL).fetch_all(pool).await,
         }
-        .map_err(|e| self.query_err(e))
+        .map_err(|e| self.query_err(e))?;
+        rows.into_iter()
+            .map(|(run_id, status, stages)| {
+                Ok(RunRecord {
+                    status: self.read_status(&run_id, RunStatus::parse, &status)?,
+                    run_id,
+                    stages,
+                })
+            })
+            .collect()
     }
 }
 
@@ -412,14 +417,7 @@ impl ControlPlane {
                         .bind(run_id)
                         .fetch_all($pool)
                         .await?;
-                    Ok::<_, sqlx::Error>(Some(RunInfo {
-                        run_id: run.0,
-                        mode: run.1,
-                        status: run.2,
-                        config_digest: run.3,
-                        scope: run.4,
-                        held,
-                    }))
+                    Ok::<_, sqlx::Error>(Some((run, held)))
                 }
                 .await
             };
@@ -428,7 +426,26 @@ impl ControlPlane {
             Db::Postgres(pool) => info!(pool, str::to_owned),
             Db::Sqlite(pool) => info!(pool, sqlite_sql),
         };
-        result.map_err(|e| self.query_err(e))
+        let Some((run, held)) = result.map_err(|e| self.query_err(e))? else {
+            return Ok(None);
+        };
+        Ok(Some(RunInfo {
+            mode: self.read_status(&run.0, Mode::parse, &run.1)?,
+            status: self.read_status(&run.0, RunStatus::parse, &run.2)?,
+            run_id: run.0,
+            config_digest: run.3,
+            scope: run.4,
+            held,
+        }))
+    }
+
+    /// A stored word read back as its type; a word this build does not know (a newer
+    /// driftless wrote it) is an error naming the run.
+    fn read_status<T>(&self, run_id: &str, parse: fn(&str) -> Option<T>, text: &str) -> Result<T, ControlError> {
+        parse(text).ok_or_else(|| ControlError::Query {
+            location: self.location.clone(),
+            reason: format!("run {run_id} has status or mode {text:?}, which this driftless does not know"),
+        })
     }
 
     /// Records that `approved_by` approved the held run `run_id` and marks it running again.
@@ -467,7 +484,7 @@ where
 {
     query
         .bind(&run.run_id)
-        .bind(&run.mode)
+        .bind(run.mode.as_str().to_owned())
         .bind(&run.started_by)
         .bind(&run.config_digest)
         .bind(run.started_us)

@@ -35,7 +35,7 @@ pub use detect::Scope;
 pub use metrics::{Metrics, MetricsError, RepairOutcome};
 pub use pace::{PaceConfig, PaceError, Pacer};
 pub use policy::{RepairMode, RepairSettings, StagePolicy};
-pub use report::{DatasetReport, DivergenceReport, Mode, RunReport, StageReport};
+pub use report::{DatasetReport, DivergenceReport, Mode, RepairStatus, RunReport, RunStatus, StageReport};
 pub use run::{RunContext, run_dataset};
 pub use scan::{CopyRef, DatasetPlan, EngineError, ScanOptions, scan_dataset};
 

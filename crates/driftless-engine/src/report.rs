@@ -1,17 +1,8 @@
 //! The report of a run, shaped as the JSON contract in DESIGN.md. Extend it, never rename.
 
+pub use driftless_control::{Mode, RepairStatus, RunStatus};
 use serde::Serialize;
 use serde_json::Value as Json;
-
-/// What a run did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Detect and report; no copy is written.
-    Scan,
-    /// Detect, then repair.
-    Repair,
-}
 
 /// One run over one or more datasets.
 #[derive(Clone, Debug, Serialize)]
@@ -19,7 +10,7 @@ pub struct RunReport {
     /// Unique id of the run.
     pub run_id: String,
     /// `consistent`, `drift`, or `held` (a stage awaits `driftless repair --approve`).
-    pub status: &'static str,
+    pub status: RunStatus,
     /// What the run did.
     pub mode: Mode,
     /// One entry per dataset, in config order.
@@ -56,14 +47,14 @@ pub struct StageReport {
 }
 
 /// What a repair run did to one stage (an extension of the DESIGN.md report contract).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct StageRepairReport {
     /// `overwrite`, `compensate` or `report`.
     pub mode: &'static str,
     /// `repaired` (nothing left), `incomplete` (some keys left, listed below), `held`
     /// (breaker: approval needed), `halted` (an earlier stage did not finish), `dry_run`,
     /// `report` (mode report), or `verify_failed`.
-    pub status: &'static str,
+    pub status: RepairStatus,
     /// Why writes were held or halted, or what verification found.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -123,17 +114,17 @@ impl RunReport {
         self.datasets
             .iter()
             .flat_map(|d| &d.stages)
-            .any(|s| s.repair.as_ref().is_some_and(|r| r.status == "held"))
+            .any(|s| s.repair.as_ref().is_some_and(|r| r.status == RepairStatus::Held))
     }
 
     /// `held`, `drift` or `consistent`.
-    pub fn status_of(&self) -> &'static str {
+    pub fn status_of(&self) -> RunStatus {
         if self.held() {
-            "held"
+            RunStatus::Held
         } else if self.has_drift() {
-            "drift"
+            RunStatus::Drift
         } else {
-            "consistent"
+            RunStatus::Consistent
         }
     }
 

@@ -35,7 +35,7 @@ use crate::metrics::{Metrics, RepairOutcome};
 use crate::pace::Pacer;
 use crate::policy::{RepairMode, RepairSettings};
 use crate::repair::{RepairStats, Repairer};
-use crate::report::{DatasetReport, DeadReport, Mode, PlannedReport, StageRepairReport, StageReport};
+use crate::report::{DatasetReport, DeadReport, Mode, PlannedReport, RepairStatus, StageRepairReport, StageReport};
 use crate::scan::{
     CopyRef, DatasetPlan, EngineError, Prepared, ROW_TREE, ScanOptions, canonical_label, diff_range, prepare,
     resolve_schema, stage_label, stage_plan, stage_report,
@@ -190,9 +190,13 @@ pub async fn run_dataset(plan: &DatasetPlan, ctx: &RunContext) -> Result<Dataset
         let report = run_stage(plan, ctx, &schema, prepared.as_ref(), i, halted.as_deref()).await?;
         if halted.is_none()
             && let Some(r) = &report.repair
-            && matches!(r.status, "held" | "verify_failed")
+            && r.status.halts_later_stages()
         {
-            halted = Some(format!("stage {:?} is {}", stage.name, r.status.replace('_', " ")));
+            halted = Some(format!(
+                "stage {:?} is {}",
+                stage.name,
+                r.status.as_str().replace('_', " ")
+            ));
         }
         stages.push(report);
     }
@@ -322,17 +326,15 @@ async fn run_stage(
 
     let mut status = if let Some(h) = halted.filter(|_| repairing) {
         held = Some(format!("halted: {h}; detected and queued, not written"));
-        "halted"
+        RepairStatus::Halted
     } else if held.is_some() {
-        "held"
-    } else if !repairing {
-        ""
+        RepairStatus::Held
     } else if ctx.dry_run {
-        "dry_run"
+        RepairStatus::DryRun
     } else if policy.mode == RepairMode::Report {
-        "report"
+        RepairStatus::Report
     } else {
-        "repaired"
+        RepairStatus::Repaired
     };
 
     let mut stats = stats.unwrap_or_default();
@@ -344,7 +346,7 @@ async fn run_stage(
     } else {
         Vec::new()
     };
-    if status == "repaired" {
+    if repairing && status == RepairStatus::Repaired {
         // Entries parked dead (in this run or before) are known and reported; they do not
         // fail the check.
         stats.left.extend(dead.iter().map(|e| e.key_bytes.clone()));
@@ -353,10 +355,10 @@ async fn run_stage(
         stats.repaired.retain(|k| !still.contains(k));
         match reason {
             Some(reason) => {
-                status = "verify_failed";
+                status = RepairStatus::VerifyFailed;
                 held = Some(reason);
             }
-            None if !stats.left.is_empty() => status = "incomplete",
+            None if !stats.left.is_empty() => status = RepairStatus::Incomplete,
             None => {}
         }
     }
@@ -652,7 +654,7 @@ fn repair_report(
     found: &Found,
     stats: &RepairStats,
     dead: Vec<EntryRecord>,
-    status: &'static str,
+    status: RepairStatus,
     reason: Option<String>,
     held_back: Duration,
 ) -> StageRepairReport {
@@ -667,7 +669,7 @@ fn repair_report(
         })
         .collect();
     let mut outcomes: BTreeMap<&'static str, u64> = stats.outcomes.iter().map(|(o, n)| (o.as_str(), *n)).collect();
-    let planned: Vec<PlannedReport> = if matches!(status, "dry_run" | "report" | "held" | "halted") {
+    let planned: Vec<PlannedReport> = if status.plans_only() {
         found
             .keys
             .iter()

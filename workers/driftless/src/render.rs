@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 
 use anyhow::{Context, Result};
-use driftless_engine::RunReport;
+use driftless_engine::{RepairStatus, RunReport};
 
 use crate::run::default_is_table;
 use crate::{OutputArgs, ReportFormat};
@@ -60,10 +60,10 @@ pub fn table(report: &RunReport) -> String {
     let mut rows: Vec<[String; 7]> = Vec::new();
     for d in &report.datasets {
         for st in &d.stages {
-            let status = match &st.repair {
-                Some(r) if r.status == "held" => "HELD (approval needed)".to_owned(),
-                Some(r) if r.status == "halted" => "HALTED".to_owned(),
-                Some(r) if r.status == "verify_failed" => "VERIFY FAILED".to_owned(),
+            let status = match st.repair.as_ref().map(|r| r.status) {
+                Some(RepairStatus::Held) => "HELD (approval needed)".to_owned(),
+                Some(RepairStatus::Halted) => "HALTED".to_owned(),
+                Some(RepairStatus::VerifyFailed) => "VERIFY FAILED".to_owned(),
                 _ if st.divergent > st.repaired => "DRIFT".to_owned(),
                 _ => "ok".to_owned(),
             };

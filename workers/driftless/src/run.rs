@@ -13,7 +13,8 @@ use driftless_control::{ControlPlane, RunStart, StageCounts};
 use driftless_core::RowHasher;
 use driftless_engine::run::now_us;
 use driftless_engine::{
-    CopyRef, DatasetPlan, Metrics, Mode, RepairMode, RunContext, RunReport, ScanOptions, Scope, run_dataset,
+    CopyRef, DatasetPlan, Metrics, Mode, RepairMode, RepairStatus, RunContext, RunReport, RunStatus, ScanOptions,
+    Scope, run_dataset,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value as Json;
@@ -133,7 +134,7 @@ async fn approve(control: &ControlPlane, loaded: &Loaded, run_id: &str) -> Resul
     let Some(info) = control.run_info(run_id).await? else {
         bail!("no run {run_id:?} is recorded in the control plane");
     };
-    if info.mode != "repair" || info.status != "held" {
+    if info.mode != Mode::Repair || info.status != RunStatus::Held {
         bail!(
             "run {run_id} is a {} run with status {:?}; only a repair run held by the breaker can be approved",
             info.mode,
@@ -240,10 +241,7 @@ async fn execute(
         control
             .start_run(&RunStart {
                 run_id: run_id.clone(),
-                mode: match mode {
-                    Mode::Scan => "scan".into(),
-                    Mode::Repair => "repair".into(),
-                },
+                mode,
                 started_by: started_by(),
                 config_digest: loaded.digest(),
                 started_us: now_us(),
@@ -272,7 +270,7 @@ async fn execute(
             Err(e) => {
                 bar.abandon();
                 // The run's error is the one to report; failures to record it are secondary.
-                if let Err(record) = control.finish_run(&run_id, "failed", now_us(), &[]).await {
+                if let Err(record) = control.finish_run(&run_id, RunStatus::Failed, now_us(), &[]).await {
                     tracing::warn!(%record, "could not record the failed run");
                 }
                 if let Err(m) = write_metrics(&ctx.metrics, metrics_args).await {
@@ -285,7 +283,7 @@ async fn execute(
     bar.finish_and_clear();
     let mut report = RunReport {
         run_id: run_id.clone(),
-        status: "consistent",
+        status: RunStatus::Consistent,
         mode,
         datasets: reports,
     };
@@ -325,7 +323,7 @@ fn stage_counts(report: &RunReport) -> Vec<StageCounts> {
                 held: s
                     .repair
                     .as_ref()
-                    .filter(|r| r.status == "held")
+                    .filter(|r| r.status == RepairStatus::Held)
                     .map(|r| r.reason.clone().unwrap_or_else(|| "held".into())),
             })
         })

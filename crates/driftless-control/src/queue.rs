@@ -317,6 +317,27 @@ impl ControlPlane {
         result.map_err(|e| self.query_err(e))
     }
 
+    /// Hands back every entry `owner` holds leased, of any dataset and stage, for another
+    /// repairer to take at once (a stopping process does this instead of letting its
+    /// leases run out). Returns how many.
+    pub async fn release_owner(&self, owner: &str) -> Result<u64, ControlError> {
+        const SQL: &str = "UPDATE divergences SET state = 'pending', owner = NULL, lease_until_us = NULL \
+                           WHERE state = 'leased' AND owner = $1";
+        let result = match &self.db {
+            Db::Postgres(pool) => sqlx::query(SQL)
+                .bind(owner)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+            Db::Sqlite(pool) => sqlx::query(&sqlite_sql(SQL))
+                .bind(owner)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+        };
+        result.map_err(|e| self.query_err(e))
+    }
+
     /// Frees the live leases of a stage whose owner `is_dead` says has died (a repairer on
     /// this host whose process is gone), so its entries need not wait for the leases to
     /// expire. Returns how many entries were freed.

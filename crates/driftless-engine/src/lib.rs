@@ -15,6 +15,10 @@
 //! - [`repair`]: one stage's repairer (lease, re-read canonical, ledger intent, conditional
 //!   write, settle). [`compensate`] compiles compensating statements; [`policy`] holds
 //!   the per-stage policy and run-wide settings; [`detect`] scoped runs and duplicate commits.
+//! - [`worker`] and [`supervisor`]: the one `Worker` trait (a step returns busy, idle,
+//!   throttled or done) and the supervisor that steps workers together and owns how they
+//!   stop (Ctrl-C, SIGTERM, a failed worker). Detection of a stage (`detector`) and the
+//!   repair of its queue are workers.
 //! - [`settle`]: changed object keys whose fingerprints cannot be compared are settled by
 //!   content on both copies before they are reported.
 //!
@@ -22,6 +26,8 @@
 
 pub mod compensate;
 pub mod detect;
+mod detector;
+pub mod error;
 pub mod metrics;
 pub mod pace;
 pub mod policy;
@@ -30,14 +36,19 @@ pub mod report;
 pub mod run;
 pub mod scan;
 pub mod settle;
+pub mod supervisor;
+pub mod worker;
 
 pub use detect::Scope;
+pub use error::EngineError;
 pub use metrics::{Metrics, MetricsError, RepairOutcome};
 pub use pace::{PaceConfig, PaceError, Pacer};
 pub use policy::{RepairMode, RepairSettings, StagePolicy};
 pub use report::{DatasetReport, DivergenceReport, Mode, RepairStatus, RunReport, RunStatus, StageReport};
 pub use run::{RunContext, run_dataset};
-pub use scan::{CopyRef, DatasetPlan, EngineError, ScanOptions, scan_dataset};
+pub use scan::{CopyRef, DatasetPlan, ScanOptions, scan_dataset};
+pub use supervisor::Supervisor;
+pub use worker::{Shutdown, WorkContext, Worker, WorkerState};
 
 /// Reads failpoint settings from the `FAILPOINTS` environment variable, in builds with the
 /// `failpoints` feature (crash tests); does nothing otherwise. Call once, at start-up.

@@ -20,10 +20,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use driftless_control::{Detected, Intent, KeyLedger, Leased, LedgerUpdate, Settle, Settlement};
 use driftless_core::{Aggregate, Digest, DivergenceKind, Key, KeyPart, RowHasher, Value};
 use driftless_store::{Schema, SourceRef, Store, WriteAction, WriteOp, WriteResult};
-use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::compensate::{Compiled, Param};
@@ -32,8 +32,10 @@ use crate::pace::Pacer;
 use crate::policy::RepairMode;
 use crate::run::{RunContext, now_us};
 use crate::scan::EngineError;
+use crate::worker::{Latch, WorkContext, Worker, WorkerState};
 
-/// How often an idle repairer looks for new entries while detection still runs.
+/// How often an idle repairer looks for new entries while detection still runs (sooner
+/// when detection signals).
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
 /// What one stage's repairs came to.
@@ -104,62 +106,69 @@ struct Work {
     action: Option<WriteAction>,
 }
 
-impl Repairer<'_> {
-    /// Repairs this run's entries for the stage until detection has finished (`detected`
-    /// notified and `done()` true) and none is left. `progress` is notified after each
-    /// batch, for detection paused on backpressure.
-    pub async fn run(
-        &self,
-        done: impl Fn() -> bool,
-        detected: &Notify,
-        progress: &Notify,
-    ) -> Result<RepairStats, EngineError> {
-        let mut stats = RepairStats::default();
-        let owner = &self.ctx.owner;
-        loop {
-            let now = now_us();
-            let lease_until = now.saturating_add(secs_us(self.ctx.settings.lease_secs));
-            let leased = self
-                .ctx
-                .control
-                .lease(
-                    &self.ctx.run_id,
-                    self.dataset,
-                    self.stage,
-                    owner,
-                    now,
-                    lease_until,
-                    self.ctx.settings.batch_keys,
-                )
-                .await
-                .map_err(|e| self.control_err(e))?;
-            if leased.is_empty() {
-                let finished = done();
-                let (left, due) = self
-                    .ctx
-                    .control
-                    .run_backlog(&self.ctx.run_id, self.dataset, self.stage)
-                    .await
-                    .map_err(|e| self.control_err(e))?;
-                if finished && left == 0 {
-                    break;
-                }
-                let wait = match due {
-                    Some(due) if due > now => Duration::from_micros((due - now) as u64).min(IDLE_POLL),
-                    _ => IDLE_POLL,
-                };
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = detected.notified() => {}
-                }
-                continue;
-            }
-            self.batch(leased, &mut stats).await?;
-            progress.notify_waiters();
-        }
-        Ok(stats)
+/// A stage's repairer as a worker: each step leases one batch of this run's entries and
+/// writes and settles it. It is done once the detection feeding it (`detected`) has
+/// finished and none of the run's entries for the stage is left.
+#[derive(Debug)]
+pub struct RepairWorker<'a> {
+    /// The repairs it makes.
+    pub repairer: Repairer<'a>,
+    /// Raised when detection of the stage has finished.
+    pub detected: Latch,
+    /// What its batches came to.
+    pub stats: RepairStats,
+}
+
+#[async_trait]
+impl Worker for RepairWorker<'_> {
+    fn name(&self) -> String {
+        format!("repair {:?}/{:?}", self.repairer.dataset, self.repairer.stage)
     }
 
+    async fn work(&mut self, cx: &WorkContext) -> Result<WorkerState, EngineError> {
+        let r = &self.repairer;
+        let now = now_us();
+        let lease_until = now.saturating_add(secs_us(r.ctx.settings.lease_secs));
+        let leased = r
+            .ctx
+            .control
+            .lease(
+                &r.ctx.run_id,
+                r.dataset,
+                r.stage,
+                &r.ctx.owner,
+                now,
+                lease_until,
+                r.ctx.settings.batch_keys,
+            )
+            .await
+            .map_err(|e| r.control_err(e))?;
+        if !leased.is_empty() {
+            r.batch(leased, &mut self.stats).await?;
+            // Detection paused on backpressure may go on.
+            cx.signal();
+            return Ok(WorkerState::Busy);
+        }
+        // Read before the backlog: entries queued after it was raised are all counted.
+        let finished = self.detected.is_raised();
+        let (left, due) = r
+            .ctx
+            .control
+            .run_backlog(&r.ctx.run_id, r.dataset, r.stage)
+            .await
+            .map_err(|e| r.control_err(e))?;
+        if finished && left == 0 {
+            return Ok(WorkerState::Done);
+        }
+        let wait = match due {
+            Some(due) if due > now => Duration::from_micros((due - now) as u64).min(IDLE_POLL),
+            _ => IDLE_POLL,
+        };
+        Ok(WorkerState::Idle(wait))
+    }
+}
+
+impl Repairer<'_> {
     fn control_err(&self, error: driftless_control::ControlError) -> EngineError {
         EngineError::Control {
             dataset: self.dataset.to_owned(),

@@ -20,31 +20,27 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use driftless_control::{ControlPlane, Detected, EntryRecord};
-use driftless_core::{Divergence, DivergenceKind, Key, KeyDivergence, KeyRange, LogicalType, by_key};
-use driftless_store::{Column, Progress, Schema};
-use tokio::sync::Notify;
+use driftless_control::{ControlPlane, EntryRecord};
+use driftless_core::{DivergenceKind, Key, KeyDivergence, LogicalType, by_key};
+use driftless_store::{Column, Schema};
 use tracing::info;
 
 use crate::compensate::{Compiled, compile};
-use crate::detect::{Scope, diff_keys, duplicate_commits, mark_duplicates, scoped_keys};
+use crate::detect::{Scope, duplicate_commits, scoped_keys};
+use crate::detector::{DetectWorker, Found, Source, chunks, compare_chunk};
 use crate::metrics::{Metrics, RepairOutcome};
 use crate::pace::Pacer;
 use crate::policy::{RepairMode, RepairSettings};
-use crate::repair::{RepairStats, Repairer};
+use crate::repair::{RepairStats, RepairWorker, Repairer};
 use crate::report::{DatasetReport, DeadReport, Mode, PlannedReport, RepairStatus, StageRepairReport, StageReport};
 use crate::scan::{
-    CopyRef, DatasetPlan, EngineError, Prepared, ROW_TREE, ScanOptions, canonical_label, diff_range, prepare,
-    resolve_schema, stage_label, stage_plan, stage_report,
+    CopyRef, DatasetPlan, EngineError, Prepared, ROW_TREE, ScanOptions, canonical_label, prepare, resolve_schema,
+    stage_label, stage_plan, stage_report,
 };
-
-/// Keys a scoped run compares per point-read batch.
-const KEY_BATCH: usize = 1000;
-/// How often paused detection looks at the queue depth again.
-const BACKPRESSURE_POLL: Duration = Duration::from_millis(50);
+use crate::supervisor::Supervisor;
+use crate::worker::{Latch, Shutdown};
 
 /// Everything a run shares across its datasets.
 #[derive(Debug)]
@@ -70,6 +66,8 @@ pub struct RunContext {
     pub owner: String,
     /// Tree-building knobs and progress counters.
     pub options: ScanOptions,
+    /// The process's stop signal: workers take no new step after it.
+    pub shutdown: Shutdown,
 }
 
 /// UTC microseconds since the epoch.
@@ -121,53 +119,6 @@ pub fn owner_is_dead(owner: &str, me: &str) -> bool {
         return false;
     };
     theirs == mine && owner != me && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Where a stage's divergences are looked for.
-#[derive(Debug, Clone)]
-enum Source {
-    /// Divergent leaves of the trees, coalesced.
-    Ranges(Vec<KeyRange>),
-    /// Chosen keys, compared point by point.
-    Keys(Vec<Key>),
-}
-
-/// One step of detection or verification: a range, or a batch of keys.
-#[derive(Debug)]
-enum Chunk<'a> {
-    Range(&'a KeyRange),
-    Keys(&'a [Key]),
-}
-
-/// The steps `source` is read in: each range, or batches of [`KEY_BATCH`] keys.
-fn chunks(source: &Source) -> Vec<Chunk<'_>> {
-    match source {
-        Source::Ranges(ranges) => ranges.iter().map(Chunk::Range).collect(),
-        Source::Keys(keys) => keys.chunks(KEY_BATCH).map(Chunk::Keys).collect(),
-    }
-}
-
-/// The row-level divergences of one chunk, read from both copies.
-async fn compare_chunk(
-    plan: &DatasetPlan,
-    schema: &Schema,
-    stage: &CopyRef,
-    chunk: Chunk<'_>,
-    progress: &Progress,
-) -> Result<Vec<Divergence>, EngineError> {
-    match chunk {
-        Chunk::Range(range) => diff_range(plan, schema, stage, range.clone(), progress).await,
-        Chunk::Keys(keys) => diff_keys(plan, schema, stage, keys).await,
-    }
-}
-
-/// What detection of one stage found.
-#[derive(Debug, Default)]
-struct Found {
-    divergences: Vec<Divergence>,
-    keys: Vec<KeyDivergence>,
-    /// Time detection was paused by backpressure.
-    paused: Duration,
 }
 
 /// Runs one dataset: detection for `scan`, detection and repair for `repair`.
@@ -275,33 +226,36 @@ async fn run_stage(
         _ => None,
     };
 
-    let done = AtomicBool::new(false);
-    let detected = Notify::new();
-    let drained = Notify::new();
-    let detection = async {
-        let found = detect(
-            plan,
-            ctx,
-            schema,
-            stage,
-            &source,
-            &duplicates,
-            early,
-            &drained,
-            &detected,
-        )
-        .await;
-        done.store(true, Ordering::SeqCst);
-        detected.notify_waiters();
-        found
+    let detected = Latch::default();
+    let mut detector = DetectWorker {
+        plan,
+        ctx,
+        schema,
+        stage,
+        chunks: chunks(&source).into_iter(),
+        duplicates: &duplicates,
+        pausable: early,
+        finished: detected.clone(),
+        paused_since: None,
+        found: Found::default(),
     };
-    let (found, mut stats) = match (&repairer, early) {
-        (Some(r), true) => {
-            let (found, stats) = tokio::join!(detection, r.run(|| done.load(Ordering::SeqCst), &detected, &drained));
-            (found?, Some(stats?))
-        }
-        _ => (detection.await?, None),
-    };
+    let mut repair_worker = repairer.map(|repairer| RepairWorker {
+        repairer,
+        detected,
+        stats: RepairStats::default(),
+    });
+    let mut supervisor = Supervisor::new(&ctx.shutdown);
+    supervisor.add(&mut detector);
+    let repairs_early = early && repair_worker.is_some();
+    if let Some(w) = repair_worker.as_mut().filter(|_| early) {
+        supervisor.add(w);
+    }
+    supervisor.run().await?;
+    let found = detector.found;
+    let mut stats = repair_worker
+        .as_mut()
+        .filter(|_| repairs_early)
+        .map(|w| std::mem::take(&mut w.stats));
     if !ctx.scope.is_scoped() {
         ctx.control
             .resolve_unseen(&ctx.run_id, &plan.name, &stage.name, now_us())
@@ -311,7 +265,7 @@ async fn run_stage(
 
     let key_count = found.keys.len() as u64;
     let mut held = None;
-    if let (Some(r), None) = (&repairer, &stats) {
+    if let (Some(w), None) = (repair_worker.as_mut(), &stats) {
         if key_count > limit {
             held = Some(format!(
                 "{key_count} divergent keys exceed the breaker's limit of {limit} ({}); nothing was written. \
@@ -320,7 +274,10 @@ async fn run_stage(
                 ctx.run_id
             ));
         } else {
-            stats = Some(r.run(|| true, &detected, &drained).await?);
+            let mut supervisor = Supervisor::new(&ctx.shutdown);
+            supervisor.add(w);
+            supervisor.run().await?;
+            stats = Some(std::mem::take(&mut w.stats));
         }
     }
 
@@ -419,89 +376,6 @@ fn limit_reason(policy: &crate::policy::StagePolicy, canonical_rows: u64, stage_
     parts.join(", ")
 }
 
-/// Detection of one stage: divergences named range by range (or key batch by key batch),
-/// queued as found. With `pausable`, a repairer drains the queue meanwhile, and detection
-/// waits whenever this run's live depth for the stage reaches the high watermark.
-#[allow(clippy::too_many_arguments)]
-async fn detect(
-    plan: &DatasetPlan,
-    ctx: &RunContext,
-    schema: &Schema,
-    stage: &CopyRef,
-    source: &Source,
-    duplicates: &HashSet<Key>,
-    pausable: bool,
-    drained: &Notify,
-    detected: &Notify,
-) -> Result<Found, EngineError> {
-    let mut found = Found::default();
-    let key_names = schema.key_names();
-    for chunk in chunks(source) {
-        let mut divergences = compare_chunk(plan, schema, stage, chunk, &ctx.options.progress).await?;
-        let mut keys = by_key(&divergences);
-        mark_duplicates(&mut divergences, &mut keys, duplicates);
-        let queued: Vec<Detected> = keys
-            .iter()
-            .map(|k| Detected {
-                key_bytes: k.key.as_bytes().to_vec(),
-                key_json: k.key.to_json(&key_names).to_string(),
-                kind: k.kind.as_str().to_owned(),
-                canonical_digest: k.canonical,
-                stage_count: k.stage.count,
-                stage_sum: k.stage.sum,
-            })
-            .collect();
-        if !queued.is_empty() {
-            ctx.control
-                .enqueue(&ctx.run_id, &plan.name, &stage.name, now_us(), &queued)
-                .await
-                .map_err(|error| EngineError::Control {
-                    dataset: plan.name.clone(),
-                    error,
-                })?;
-            detected.notify_waiters();
-            if pausable {
-                found.paused += backpressure(plan, ctx, stage, drained).await?;
-            }
-        }
-        found.divergences.extend(divergences);
-        found.keys.extend(keys);
-    }
-    Ok(found)
-}
-
-/// Waits while this run's live queue depth for the stage is at or above the high watermark,
-/// until it is at or below the low one; returns the time waited.
-async fn backpressure(
-    plan: &DatasetPlan,
-    ctx: &RunContext,
-    stage: &CopyRef,
-    drained: &Notify,
-) -> Result<Duration, EngineError> {
-    let depth = || async {
-        ctx.control
-            .run_backlog(&ctx.run_id, &plan.name, &stage.name)
-            .await
-            .map(|(n, _)| n)
-            .map_err(|error| EngineError::Control {
-                dataset: plan.name.clone(),
-                error,
-            })
-    };
-    if depth().await? < ctx.settings.high_watermark {
-        return Ok(Duration::ZERO);
-    }
-    let started = Instant::now();
-    info!(dataset = %plan.name, stage = %stage.name, "queue above the high watermark; detection paused");
-    while depth().await? > ctx.settings.low_watermark {
-        tokio::select! {
-            () = drained.notified() => {}
-            () = tokio::time::sleep(BACKPRESSURE_POLL) => {}
-        }
-    }
-    Ok(started.elapsed())
-}
-
 /// Re-reads what was repaired: the keys still divergent that the repair did not knowingly
 /// leave, and `Some(reason)` when there are any.
 async fn verify(
@@ -514,7 +388,7 @@ async fn verify(
     let mut remaining = Vec::new();
     let progress = Arc::default();
     for chunk in chunks(source) {
-        remaining.extend(compare_chunk(plan, schema, stage, chunk, &progress).await?);
+        remaining.extend(compare_chunk(plan, schema, stage, &chunk, &progress).await?);
     }
     let unexpected: Vec<Key> = by_key(&remaining)
         .into_iter()

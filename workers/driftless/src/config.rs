@@ -72,6 +72,9 @@ pub struct RepairConfig {
     pub high_watermark: Option<Spanned<u64>>,
     /// The depth under which paused detection resumes. Default 50000.
     pub low_watermark: Option<Spanned<u64>>,
+    /// After Ctrl-C or SIGTERM, how long a batch in flight may take to finish before it is
+    /// abandoned (its ledger intent and lease let the next run finish it). Default 30.
+    pub shutdown_secs: Option<u64>,
 }
 
 /// A dataset's or a stage's `repair` table; a stage's fields override its dataset's.
@@ -477,6 +480,13 @@ impl Dataset {
 }
 
 impl Config {
+    /// How long work in flight may finish after a stop signal.
+    pub fn shutdown_grace(&self) -> std::time::Duration {
+        self.repair
+            .shutdown_secs
+            .map_or(driftless_engine::worker::DEFAULT_GRACE, std::time::Duration::from_secs)
+    }
+
     /// The run-wide repair settings, defaults filled in.
     pub fn repair_settings(&self) -> RepairSettings {
         let r = &self.repair;

@@ -19,6 +19,7 @@ mod demo;
 mod open;
 mod render;
 mod run;
+mod signals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -13,15 +13,15 @@ use driftless_control::{ControlPlane, RunStart, StageCounts};
 use driftless_core::RowHasher;
 use driftless_engine::run::now_us;
 use driftless_engine::{
-    CopyRef, DatasetPlan, Metrics, Mode, RepairMode, RepairStatus, RunContext, RunReport, RunStatus, ScanOptions,
-    Scope, run_dataset,
+    CopyRef, DatasetPlan, DatasetReport, EngineError, Metrics, Mode, RepairMode, RepairStatus, RunContext, RunReport,
+    RunStatus, ScanOptions, Scope, run_dataset,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value as Json;
 
 use crate::config::{self, Loaded};
 use crate::open::{open_control, open_copy};
-use crate::{MetricsArgs, OutputArgs, RepairArgs, ScanArgs, render};
+use crate::{MetricsArgs, OutputArgs, RepairArgs, ScanArgs, render, signals};
 
 /// How often the progress bar reads the counters.
 const PROGRESS_TICK_MS: u64 = 100;
@@ -250,6 +250,7 @@ async fn execute(
             .await?;
     }
 
+    let shutdown = signals::listen(loaded.config.shutdown_grace());
     let ctx = RunContext {
         run_id: run_id.clone(),
         mode,
@@ -261,22 +262,16 @@ async fn execute(
         approved,
         owner: format!("{}/{}", started_by(), std::process::id()),
         options: ScanOptions::default(),
+        shutdown,
     };
     let bar = progress_bar(&ctx.options);
     let mut reports = Vec::new();
     for plan in &plans {
-        match run_dataset(plan, &ctx).await {
+        match run_or_stop(plan, &ctx).await {
             Ok(report) => reports.push(report),
             Err(e) => {
                 bar.abandon();
-                // The run's error is the one to report; failures to record it are secondary.
-                if let Err(record) = control.finish_run(&run_id, RunStatus::Failed, now_us(), &[]).await {
-                    tracing::warn!(%record, "could not record the failed run");
-                }
-                if let Err(m) = write_metrics(&ctx.metrics, metrics_args).await {
-                    tracing::warn!(error = %m, "could not write metrics");
-                }
-                return Err(e.into());
+                return Err(record_failure(&ctx, e, metrics_args).await);
             }
         }
     }
@@ -293,6 +288,57 @@ async fn execute(
         .await?;
     write_metrics(&ctx.metrics, metrics_args).await?;
     Ok(report)
+}
+
+/// Runs one dataset until it finishes or the stop signal ends it: the engine's workers stop
+/// between steps, and the parts that are not steps (digesting the trees, which writes
+/// nothing) are dropped once the grace is over.
+async fn run_or_stop(plan: &DatasetPlan, ctx: &RunContext) -> Result<DatasetReport, EngineError> {
+    let grace_over = async {
+        ctx.shutdown.stopped().await;
+        tokio::time::sleep(ctx.shutdown.grace).await;
+    };
+    tokio::select! {
+        report = run_dataset(plan, ctx) => report,
+        () = grace_over => Err(EngineError::Interrupted(format!(
+            "interrupted by {}",
+            ctx.shutdown.reason().unwrap_or_default()
+        ))),
+    }
+}
+
+/// Records a run that ended in an error (or was interrupted): its status, the leases this
+/// process held handed back, the metrics written. Returns the error to report.
+async fn record_failure(ctx: &RunContext, error: EngineError, metrics_args: &MetricsArgs) -> anyhow::Error {
+    let interrupted = matches!(error, EngineError::Interrupted(_));
+    let status = if interrupted {
+        RunStatus::Interrupted
+    } else {
+        RunStatus::Failed
+    };
+    // The run's error is the one to report; failures to record it are secondary.
+    let handed_back = match ctx.control.release_owner(&ctx.owner).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not hand back this process's leases");
+            0
+        }
+    };
+    if let Err(record) = ctx.control.finish_run(&ctx.run_id, status, now_us(), &[]).await {
+        tracing::warn!(%record, "could not record the failed run");
+    }
+    if let Err(m) = write_metrics(&ctx.metrics, metrics_args).await {
+        tracing::warn!(error = %m, "could not write metrics");
+    }
+    if interrupted {
+        anyhow::anyhow!(
+            "{error}: run {} stopped between batches; {handed_back} leased entries were handed back and \
+             what was detected stays queued; run the same command again to finish",
+            ctx.run_id
+        )
+    } else {
+        error.into()
+    }
 }
 
 /// Writes and pushes the run's metrics as the flags say.

@@ -1,0 +1,168 @@
+//! Detection of one stage as a worker: each step reads one range (or one batch of chosen
+//! keys) from both copies, names its divergences and queues them. With backpressure on, a
+//! step that leaves the run's live queue for the stage at the high watermark throttles the
+//! worker until a repairer has drained it to the low one.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use driftless_control::Detected;
+use driftless_core::{Divergence, Key, KeyDivergence, KeyRange, by_key};
+use driftless_store::{Progress, Schema};
+use tracing::info;
+
+use crate::detect::{diff_keys, mark_duplicates};
+use crate::run::{RunContext, now_us};
+use crate::scan::{CopyRef, DatasetPlan, EngineError, diff_range};
+use crate::worker::{Latch, WorkContext, Worker, WorkerState};
+
+/// Keys a scoped run compares per point-read batch.
+const KEY_BATCH: usize = 1000;
+/// How often paused detection looks at the queue depth again (sooner when a repairer
+/// signals).
+const BACKPRESSURE_POLL: Duration = Duration::from_millis(50);
+
+/// Where a stage's divergences are looked for.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    /// Divergent leaves of the trees, coalesced.
+    Ranges(Vec<KeyRange>),
+    /// Chosen keys, compared point by point.
+    Keys(Vec<Key>),
+}
+
+/// One step of detection or verification: a range, or a batch of keys.
+#[derive(Debug)]
+pub(crate) enum Chunk<'a> {
+    Range(&'a KeyRange),
+    Keys(&'a [Key]),
+}
+
+/// The steps `source` is read in: each range, or batches of [`KEY_BATCH`] keys.
+pub(crate) fn chunks(source: &Source) -> Vec<Chunk<'_>> {
+    match source {
+        Source::Ranges(ranges) => ranges.iter().map(Chunk::Range).collect(),
+        Source::Keys(keys) => keys.chunks(KEY_BATCH).map(Chunk::Keys).collect(),
+    }
+}
+
+/// The row-level divergences of one chunk, read from both copies.
+pub(crate) async fn compare_chunk(
+    plan: &DatasetPlan,
+    schema: &Schema,
+    stage: &CopyRef,
+    chunk: &Chunk<'_>,
+    progress: &Progress,
+) -> Result<Vec<Divergence>, EngineError> {
+    match chunk {
+        Chunk::Range(range) => diff_range(plan, schema, stage, (*range).clone(), progress).await,
+        Chunk::Keys(keys) => diff_keys(plan, schema, stage, keys).await,
+    }
+}
+
+/// What detection of one stage found.
+#[derive(Debug, Default)]
+pub(crate) struct Found {
+    pub(crate) divergences: Vec<Divergence>,
+    pub(crate) keys: Vec<KeyDivergence>,
+    /// Time detection was paused by backpressure.
+    pub(crate) paused: Duration,
+}
+
+/// Detection of one stage, step by step.
+pub(crate) struct DetectWorker<'a> {
+    pub(crate) plan: &'a DatasetPlan,
+    pub(crate) ctx: &'a RunContext,
+    pub(crate) schema: &'a Schema,
+    pub(crate) stage: &'a CopyRef,
+    pub(crate) chunks: std::vec::IntoIter<Chunk<'a>>,
+    /// Stage keys repeating a commit id: reported as duplicates.
+    pub(crate) duplicates: &'a HashSet<Key>,
+    /// Whether a repairer drains the queue meanwhile, so that detection may pause.
+    pub(crate) pausable: bool,
+    /// Raised when the last chunk is queued.
+    pub(crate) finished: Latch,
+    /// When the current pause began.
+    pub(crate) paused_since: Option<Instant>,
+    pub(crate) found: Found,
+}
+
+#[async_trait]
+impl Worker for DetectWorker<'_> {
+    fn name(&self) -> String {
+        format!("detect {:?}/{:?}", self.plan.name, self.stage.name)
+    }
+
+    async fn work(&mut self, cx: &WorkContext) -> Result<WorkerState, EngineError> {
+        if let Some(since) = self.paused_since {
+            if self.live_depth().await? > self.ctx.settings.low_watermark {
+                return Ok(WorkerState::Throttled(BACKPRESSURE_POLL));
+            }
+            self.found.paused += since.elapsed();
+            self.paused_since = None;
+        }
+        let Some(chunk) = self.chunks.next() else {
+            self.finished.raise();
+            cx.signal();
+            return Ok(WorkerState::Done);
+        };
+        let queued = self.step(&chunk).await?;
+        if queued {
+            // A repairer may be waiting for entries.
+            cx.signal();
+            if self.pausable && self.live_depth().await? >= self.ctx.settings.high_watermark {
+                info!(dataset = %self.plan.name, stage = %self.stage.name, "queue above the high watermark; detection paused");
+                self.paused_since = Some(Instant::now());
+            }
+        }
+        Ok(WorkerState::Busy)
+    }
+}
+
+impl DetectWorker<'_> {
+    /// Compares one chunk and queues its divergent keys; whether any were queued.
+    async fn step(&mut self, chunk: &Chunk<'_>) -> Result<bool, EngineError> {
+        let (plan, ctx) = (self.plan, self.ctx);
+        let key_names = self.schema.key_names();
+        let mut divergences = compare_chunk(plan, self.schema, self.stage, chunk, &ctx.options.progress).await?;
+        let mut keys = by_key(&divergences);
+        mark_duplicates(&mut divergences, &mut keys, self.duplicates);
+        let queued: Vec<Detected> = keys
+            .iter()
+            .map(|k| Detected {
+                key_bytes: k.key.as_bytes().to_vec(),
+                key_json: k.key.to_json(&key_names).to_string(),
+                kind: k.kind.as_str().to_owned(),
+                canonical_digest: k.canonical,
+                stage_count: k.stage.count,
+                stage_sum: k.stage.sum,
+            })
+            .collect();
+        if !queued.is_empty() {
+            ctx.control
+                .enqueue(&ctx.run_id, &plan.name, &self.stage.name, now_us(), &queued)
+                .await
+                .map_err(|error| EngineError::Control {
+                    dataset: plan.name.clone(),
+                    error,
+                })?;
+        }
+        self.found.divergences.extend(divergences);
+        self.found.keys.extend(keys);
+        Ok(!queued.is_empty())
+    }
+
+    /// This run's live queue depth for the stage.
+    async fn live_depth(&self) -> Result<u64, EngineError> {
+        self.ctx
+            .control
+            .run_backlog(&self.ctx.run_id, &self.plan.name, &self.stage.name)
+            .await
+            .map(|(n, _)| n)
+            .map_err(|error| EngineError::Control {
+                dataset: self.plan.name.clone(),
+                error,
+            })
+    }
+}

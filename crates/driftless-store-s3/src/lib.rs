@@ -26,6 +26,7 @@
 
 mod client;
 mod fingerprint;
+mod layout;
 mod list;
 mod probe;
 mod summary;
@@ -78,6 +79,9 @@ pub struct S3Store {
     writable: bool,
     summary: OnceCell<Summary>,
     conditional: OnceCell<bool>,
+    /// The copy's folders and top-level objects, listed on first use and forgotten after a
+    /// write; `Some(None)` for a flat copy.
+    layout: tokio::sync::Mutex<Option<Arc<Option<layout::Layout>>>>,
     /// The keys per leaf this copy's last tree counted, which size the pages of re-reads.
     counted: std::sync::Mutex<Option<(Boundaries, Vec<u64>)>>,
 }
@@ -119,6 +123,7 @@ impl S3Store {
             writable: false,
             summary: OnceCell::new(),
             conditional: OnceCell::new(),
+            layout: tokio::sync::Mutex::default(),
             counted: std::sync::Mutex::default(),
         })
     }
@@ -275,14 +280,19 @@ impl Store for S3Store {
             Ok(c) => c,
             Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
         };
-        let cursor = Cursor::expecting(range.clone(), self.counted_in(&range));
-        futures::stream::try_unfold((cursor, columns), move |(mut cursor, columns)| async move {
+        let expected = self.counted_in(&range);
+        // The cursor is made on the first step: its pieces may need the copy's layout.
+        futures::stream::try_unfold((None, range, columns), move |(cursor, range, columns)| async move {
+            let mut cursor = match cursor {
+                Some(c) => c,
+                None => Cursor::new(range.clone(), self.pieces(&range).await?, expected),
+            };
             let Some(page) = self.next_page(&mut cursor).await? else {
                 return Ok(None);
             };
             let batch = self.digest_page(page, &columns, hasher).await?;
             progress.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            Ok(Some((batch, (cursor, columns))))
+            Ok(Some((batch, (Some(cursor), range, columns))))
         })
         .boxed()
     }
@@ -367,6 +377,8 @@ impl Store for S3Store {
         for op in ops {
             results.push(self.apply_one(&columns, hasher, op).await);
         }
+        // A write may have made or emptied a top-level folder or object.
+        self.forget_layout().await;
         Ok(results)
     }
 

@@ -1,9 +1,11 @@
 //! ListObjectsV2 over one key range of a copy, page by page.
 //!
-//! A range `[lo, hi)` of relative keys starts with `StartAfter` set just below `prefix + lo`
-//! and follows continuation tokens within it, stopping at the first key at or past `hi`. S3
-//! orders keys by their UTF-8 bytes, as driftless orders text keys, so a range's keys come
-//! in key order. Memory is one page (at most 1,000 objects) per range in flight.
+//! A range `[lo, hi)` of relative keys is listed as its pieces ([`crate::layout`]): the
+//! folders it overlaps, each under its own prefix, and the top-level objects it holds. A
+//! piece starts with `StartAfter` set just below `prefix + lo` (when `lo` falls inside it)
+//! and follows continuation tokens, and the range stops at the first key at or past `hi`.
+//! S3 orders keys by their UTF-8 bytes, as driftless orders text keys, so a range's keys
+//! come in key order. Memory is one page (at most 1,000 objects) per range in flight.
 //!
 //! S3 has no end key, so a range's last page would run past `hi` by up to a page of keys
 //! that are thrown away. When the range's key count is expected (from the boundaries, or
@@ -11,12 +13,15 @@
 //! expected and one more, which shows the end; when the range turns out to hold more, the
 //! pages that follow grow from [`EXTRA_PAGE_KEYS`] back to full size.
 
+use std::collections::VecDeque;
+
 use aws_sdk_s3::types::Object;
 use driftless_core::{Key, KeyRange};
 use driftless_store::StoreError;
 use driftless_store::object::{self, Fingerprint, ObjectMeta};
 
 use crate::S3Store;
+use crate::layout::Piece;
 
 /// Keys per ListObjectsV2 page: S3's largest.
 pub(crate) const PAGE_KEYS: i32 = 1000;
@@ -30,7 +35,11 @@ pub(crate) const PROBE_PREFIX: &str = ".driftless-probe-";
 #[derive(Debug)]
 pub(crate) struct Cursor {
     range: KeyRange,
+    /// What is left to list, in key order.
+    pieces: VecDeque<Piece>,
+    /// The continuation token within the first piece.
     token: Option<String>,
+    /// Whether the first piece's first page is still to be asked for.
     first: bool,
     done: bool,
     /// Keys the range is expected to hold, when known.
@@ -42,24 +51,44 @@ pub(crate) struct Cursor {
 }
 
 impl Cursor {
-    pub(crate) fn new(range: KeyRange) -> Cursor {
+    /// A cursor over `range`, listed as `pieces`, expected to hold `keys` keys if known.
+    pub(crate) fn new(range: KeyRange, pieces: Vec<Piece>, keys: Option<u64>) -> Cursor {
         Cursor {
             range,
+            pieces: pieces.into(),
             token: None,
             first: true,
             done: false,
-            expected: None,
+            expected: keys,
             seen: 0,
             extra: EXTRA_PAGE_KEYS,
         }
     }
 
-    /// A cursor over a range expected to hold `keys` keys.
-    pub(crate) fn expecting(range: KeyRange, keys: Option<u64>) -> Cursor {
-        Cursor {
-            expected: keys,
-            ..Cursor::new(range)
+    /// The first piece is listed: go on with the next.
+    fn next_piece(&mut self) {
+        self.pieces.pop_front();
+        self.token = None;
+        self.first = true;
+    }
+
+    /// Keeps the keys of `metas` inside the range, in order; the first at or past `hi` ends
+    /// the range.
+    fn keep(&mut self, metas: impl IntoIterator<Item = ObjectMeta>) -> Vec<ObjectMeta> {
+        let mut out = Vec::new();
+        for meta in metas {
+            let key = Key::text(&meta.key);
+            if self.range.lo.as_ref().is_some_and(|lo| &key < lo) {
+                continue;
+            }
+            if self.range.hi.as_ref().is_some_and(|hi| &key >= hi) {
+                self.done = true;
+                break;
+            }
+            out.push(meta);
         }
+        self.seen += out.len() as u64;
+        out
     }
 
     /// Keys to ask for in the next page.
@@ -104,17 +133,32 @@ impl S3Store {
         if cursor.done {
             return Ok(None);
         }
+        let scope = match cursor.pieces.front() {
+            None => {
+                cursor.done = true;
+                return Ok(None);
+            }
+            Some(Piece::Objects(metas)) => {
+                let metas = metas.clone();
+                cursor.next_piece();
+                return Ok(Some(cursor.keep(metas)));
+            }
+            Some(Piece::List(scope)) => format!("{}{scope}", self.prefix),
+        };
         let mut req = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
-            .prefix(&self.prefix)
+            .prefix(&scope)
             .max_keys(cursor.page_keys());
         if cursor.first
             && let Some(lo) = &cursor.range.lo
         {
-            let lo = object::key_path(&self.location, lo)?;
-            if let Some(after) = just_below(&format!("{}{lo}", self.prefix)) {
+            let lo = format!("{}{}", self.prefix, object::key_path(&self.location, lo)?);
+            // Only a start inside the piece needs skipping to; one before it is the prefix's.
+            if lo > scope
+                && let Some(after) = just_below(&lo)
+            {
                 req = req.start_after(after);
             }
         }
@@ -123,27 +167,16 @@ impl S3Store {
         }
         cursor.first = false;
         let page = req.send().await.map_err(|e| self.read_error(&e))?;
-        cursor.token = page.next_continuation_token().map(str::to_owned);
-        cursor.done = cursor.token.is_none() || !page.is_truncated().unwrap_or(false);
-        let mut out = Vec::with_capacity(page.contents().len());
-        for object in page.contents() {
-            let Some(meta) = self.meta(object) else { continue };
-            let key = Key::text(&meta.key);
-            if cursor.range.lo.as_ref().is_some_and(|lo| &key < lo) {
-                continue;
-            }
-            if cursor.range.hi.as_ref().is_some_and(|hi| &key >= hi) {
-                cursor.done = true;
-                break;
-            }
-            out.push(meta);
+        match page.next_continuation_token() {
+            Some(token) if page.is_truncated().unwrap_or(false) => cursor.token = Some(token.to_owned()),
+            _ => cursor.next_piece(),
         }
-        cursor.seen += out.len() as u64;
-        Ok(Some(out))
+        let metas: Vec<ObjectMeta> = page.contents().iter().filter_map(|o| self.meta(o)).collect();
+        Ok(Some(cursor.keep(metas)))
     }
 
     /// A listed object as a row, or `None` for what is not one.
-    fn meta(&self, object: &Object) -> Option<ObjectMeta> {
+    pub(crate) fn meta(&self, object: &Object) -> Option<ObjectMeta> {
         let rel = object.key()?.strip_prefix(self.prefix.as_str())?;
         if rel.is_empty() || rel.ends_with('/') || rel.starts_with(PROBE_PREFIX) {
             return None;
@@ -176,9 +209,9 @@ mod tests {
 
     #[test]
     fn pages_ask_for_what_is_still_expected() {
-        let mut plain = Cursor::new(KeyRange::all());
+        let mut plain = Cursor::new(KeyRange::all(), Vec::new(), None);
         assert_eq!(plain.page_keys(), PAGE_KEYS);
-        let mut c = Cursor::expecting(KeyRange::all(), Some(2500));
+        let mut c = Cursor::new(KeyRange::all(), Vec::new(), Some(2500));
         assert_eq!(c.page_keys(), PAGE_KEYS);
         c.seen = 2000;
         assert_eq!(c.page_keys(), 501);
@@ -186,6 +219,6 @@ mod tests {
         c.seen = 2501;
         let sizes: Vec<i32> = (0..5).map(|_| c.page_keys()).collect();
         assert_eq!(sizes, [64, 256, 1000, 1000, 1000]);
-        assert_eq!(Cursor::expecting(KeyRange::all(), Some(0)).page_keys(), 64);
+        assert_eq!(Cursor::new(KeyRange::all(), Vec::new(), Some(0)).page_keys(), 64);
     }
 }

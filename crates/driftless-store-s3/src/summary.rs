@@ -124,7 +124,8 @@ impl S3Store {
             .clone()
             .unwrap_or_else(|| RowHasher::new(Default::default(), 0));
         let mut summary = Summary::new(columns.clone(), hasher.algorithm());
-        let mut cursor = Cursor::new(KeyRange::all());
+        let all = KeyRange::all();
+        let mut cursor = Cursor::new(all.clone(), self.pieces(&all).await?, None);
         while let Some(page) = self.next_page(&mut cursor).await? {
             for (key, digest) in self.digest_page(page, &columns, &hasher).await? {
                 summary.add(key, digest);

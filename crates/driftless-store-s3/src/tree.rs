@@ -39,7 +39,8 @@ impl S3Store {
         let parts: Vec<Tree> = futures::stream::iter(spans)
             .map(|(first, last)| async move {
                 let expected = boundaries.leaf_rows().map(|rows| rows * (last - first + 1) as u64);
-                let mut cursor = Cursor::expecting(boundaries.span(first, last), expected);
+                let span = boundaries.span(first, last);
+                let mut cursor = Cursor::new(span.clone(), self.pieces(&span).await?, expected);
                 let mut builder = LeafBuilder::new(boundaries);
                 while let Some(page) = self.next_page(&mut cursor).await? {
                     let batch = self.digest_page(page, columns, hasher).await?;

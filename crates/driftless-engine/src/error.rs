@@ -42,6 +42,14 @@ pub enum EngineError {
         /// What happened.
         reason: String,
     },
+    /// A run cannot be created, continued or read as asked.
+    #[error("run {run_id}: {reason}")]
+    Run {
+        /// The run.
+        run_id: String,
+        /// Why.
+        reason: String,
+    },
     /// Ctrl-C or SIGTERM stopped the run between steps of work.
     #[error("{0}")]
     Interrupted(String),

@@ -15,6 +15,8 @@
 //! - [`repair`]: one stage's repairer (lease, re-read canonical, ledger intent, conditional
 //!   write, settle). [`compensate`] compiles compensating statements; [`policy`] holds
 //!   the per-stage policy and run-wide settings; [`detect`] scoped runs and duplicate commits.
+//! - [`lifecycle`]: a run's life in the control plane (create, approve a held run, finish,
+//!   abandon), shared by every entry point.
 //! - [`worker`] and [`supervisor`]: the one `Worker` trait (a step returns busy, idle,
 //!   throttled or done) and the supervisor that steps workers together and owns how they
 //!   stop (Ctrl-C, SIGTERM, a failed worker). Detection of a stage (`detector`) and the
@@ -28,6 +30,7 @@ pub mod compensate;
 pub mod detect;
 mod detector;
 pub mod error;
+pub mod lifecycle;
 pub mod metrics;
 pub mod pace;
 pub mod policy;

@@ -225,7 +225,10 @@ mod tests {
             .iter()
             .map(|p| match p {
                 Piece::List(scope) => format!("list {scope}"),
-                Piece::Objects(o) => format!("objects {}", o.iter().map(|m| m.key.as_str()).collect::<Vec<_>>().join(",")),
+                Piece::Objects(o) => format!(
+                    "objects {}",
+                    o.iter().map(|m| m.key.as_str()).collect::<Vec<_>>().join(",")
+                ),
             })
             .collect()
     }
@@ -239,7 +242,10 @@ mod tests {
             ["objects a.txt,d07.txt", "list d07/", "list d08/", "objects z"]
         );
         // A range inside one folder narrows to its ends' common prefix.
-        assert_eq!(names(&l.pieces(&range(Some("d07/f0001"), Some("d07/f0009")))), ["list d07/f000"]);
+        assert_eq!(
+            names(&l.pieces(&range(Some("d07/f0001"), Some("d07/f0009")))),
+            ["list d07/f000"]
+        );
         // A range across folders lists each overlapping folder whole.
         assert_eq!(
             names(&l.pieces(&range(Some("d07/f5"), Some("d08/f1")))),

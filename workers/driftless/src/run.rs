@@ -9,12 +9,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use driftless_control::{ControlPlane, RunStart, StageCounts};
 use driftless_core::RowHasher;
-use driftless_engine::run::now_us;
+use driftless_engine::lifecycle::{self, NewRun};
 use driftless_engine::{
-    CopyRef, DatasetPlan, DatasetReport, EngineError, Metrics, Mode, RepairMode, RepairStatus, RunContext, RunReport,
-    RunStatus, ScanOptions, Scope, run_dataset,
+    CopyRef, DatasetPlan, DatasetReport, EngineError, Metrics, Mode, RepairMode, RunContext, RunReport, RunStatus,
+    ScanOptions, Scope, run_dataset,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value as Json;
@@ -123,48 +122,6 @@ fn selection_from_json(text: &str) -> Result<Selection> {
     serde_json::from_str(text).context("the run's recorded scope does not read back")
 }
 
-/// A run continued by `--approve`: its id and what was approved.
-struct Approval {
-    run_id: String,
-    caps: HashMap<(String, String), u64>,
-}
-
-/// Checks that `run_id` is a held run of this config and records its approval.
-async fn approve(control: &ControlPlane, loaded: &Loaded, run_id: &str) -> Result<(Approval, Selection)> {
-    let Some(info) = control.run_info(run_id).await? else {
-        bail!("no run {run_id:?} is recorded in the control plane");
-    };
-    if info.mode != Mode::Repair || info.status != RunStatus::Held {
-        bail!(
-            "run {run_id} is a {} run with status {:?}; only a repair run held by the breaker can be approved",
-            info.mode,
-            info.status
-        );
-    }
-    if info.config_digest != loaded.digest() {
-        bail!(
-            "run {run_id} ran with a different version of {}; run `driftless repair` again to see what the current config would do",
-            loaded.path.display()
-        );
-    }
-    let selection = selection_from_json(info.scope.as_deref().unwrap_or("{}"))?;
-    let caps = info
-        .held
-        .iter()
-        .map(|(d, s, n, _)| ((d.clone(), s.clone()), (*n).max(0) as u64))
-        .collect();
-    if !control.approve_run(run_id, &started_by(), now_us()).await? {
-        bail!("run {run_id} was approved by someone else meanwhile");
-    }
-    Ok((
-        Approval {
-            run_id: run_id.to_owned(),
-            caps,
-        },
-        selection,
-    ))
-}
-
 /// Opens the selected copies as plans (stages opened for writing when this run may write
 /// them).
 async fn plans(loaded: &Loaded, selection: &Selection, mode: Mode, dry_run: bool) -> Result<Vec<DatasetPlan>> {
@@ -229,26 +186,26 @@ async fn execute(
     metrics_args: &MetricsArgs,
 ) -> Result<RunReport> {
     let control = open_control(loaded).await?;
-    let (run_id, selection, approved) = match approve_id {
+    let (selection, approved) = match approve_id {
         Some(id) => {
-            let (approval, recorded) = approve(&control, loaded, id).await?;
-            (approval.run_id, recorded, approval.caps)
+            let approved = lifecycle::approve_run(&control, id, &loaded.digest(), &started_by()).await?;
+            (selection_from_json(&approved.scope)?, approved.caps)
         }
-        None => (uuid::Uuid::now_v7().to_string(), selection.clone(), HashMap::new()),
+        None => (selection.clone(), HashMap::new()),
     };
     let plans = plans(loaded, &selection, mode, dry_run).await?;
-    if approve_id.is_none() {
-        control
-            .start_run(&RunStart {
-                run_id: run_id.clone(),
+    let run_id = match approve_id {
+        Some(id) => id.to_owned(),
+        None => {
+            let run = NewRun {
                 mode,
                 started_by: started_by(),
                 config_digest: loaded.digest(),
-                started_us: now_us(),
                 scope: scope_json(&selection),
-            })
-            .await?;
-    }
+            };
+            lifecycle::create_run(&control, run).await?
+        }
+    };
 
     let shutdown = signals::listen(loaded.config.shutdown_grace());
     let ctx = RunContext {
@@ -283,9 +240,7 @@ async fn execute(
         datasets: reports,
     };
     report.status = report.status_of();
-    control
-        .finish_run(&run_id, report.status, now_us(), &stage_counts(&report))
-        .await?;
+    lifecycle::finish_run(&control, &report).await?;
     write_metrics(&ctx.metrics, metrics_args).await?;
     Ok(report)
 }
@@ -311,22 +266,7 @@ async fn run_or_stop(plan: &DatasetPlan, ctx: &RunContext) -> Result<DatasetRepo
 /// process held handed back, the metrics written. Returns the error to report.
 async fn record_failure(ctx: &RunContext, error: EngineError, metrics_args: &MetricsArgs) -> anyhow::Error {
     let interrupted = matches!(error, EngineError::Interrupted(_));
-    let status = if interrupted {
-        RunStatus::Interrupted
-    } else {
-        RunStatus::Failed
-    };
-    // The run's error is the one to report; failures to record it are secondary.
-    let handed_back = match ctx.control.release_owner(&ctx.owner).await {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not hand back this process's leases");
-            0
-        }
-    };
-    if let Err(record) = ctx.control.finish_run(&ctx.run_id, status, now_us(), &[]).await {
-        tracing::warn!(%record, "could not record the failed run");
-    }
+    let handed_back = lifecycle::abandon_run(&ctx.control, &ctx.run_id, &ctx.owner, interrupted).await;
     if let Err(m) = write_metrics(&ctx.metrics, metrics_args).await {
         tracing::warn!(error = %m, "could not write metrics");
     }
@@ -350,30 +290,6 @@ async fn write_metrics(metrics: &Metrics, args: &MetricsArgs) -> Result<()> {
         metrics.push(url, PUSH_JOB).await?;
     }
     Ok(())
-}
-
-/// Per-stage results of a report, as the control plane records them.
-fn stage_counts(report: &RunReport) -> Vec<StageCounts> {
-    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    report
-        .datasets
-        .iter()
-        .flat_map(|d| {
-            d.stages.iter().map(|s| StageCounts {
-                dataset: d.dataset.clone(),
-                stage: s.stage.clone(),
-                canonical_rows: count(s.canonical_rows),
-                stage_rows: count(s.stage_rows),
-                divergent: count(s.divergent),
-                repaired: count(s.repaired),
-                held: s
-                    .repair
-                    .as_ref()
-                    .filter(|r| r.status == RepairStatus::Held)
-                    .map(|r| r.reason.clone().unwrap_or_else(|| "held".into())),
-            })
-        })
-        .collect()
 }
 
 /// `user@host` of this process, for the run record.

@@ -1,0 +1,165 @@
+//! A run's life in the control plane, as every entry point shares it (the command line now;
+//! the worker, the HTTP API and `gate` next): creating a run, approving a held one,
+//! recording how it finished, and abandoning it on an error or a stop signal.
+
+use std::collections::HashMap;
+
+use driftless_control::{ControlError, ControlPlane, Mode, RepairStatus, RunStart, RunStatus, StageCounts};
+
+use crate::error::EngineError;
+use crate::report::RunReport;
+use crate::run::now_us;
+
+/// What a new run is.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// What it does.
+    pub mode: Mode,
+    /// Who asked for it: `user@host`.
+    pub started_by: String,
+    /// Hex BLAKE3 of the config it runs with.
+    pub config_digest: String,
+    /// What it covers (datasets, stages, keys), as JSON, so that it can be continued.
+    pub scope: String,
+}
+
+/// A held run, approved: what it covered and how many divergent keys each held stage may
+/// now repair (the number it found).
+#[derive(Debug, Clone)]
+pub struct Approved {
+    /// The run's recorded scope (JSON).
+    pub scope: String,
+    /// `(dataset, stage)` -> divergent keys approved.
+    pub caps: HashMap<(String, String), u64>,
+}
+
+/// How the control plane's errors read when no dataset is involved.
+fn control_err(error: ControlError) -> EngineError {
+    EngineError::Control {
+        dataset: "(run)".to_owned(),
+        error,
+    }
+}
+
+fn refused(run_id: &str, reason: String) -> EngineError {
+    EngineError::Run {
+        run_id: run_id.to_owned(),
+        reason,
+    }
+}
+
+/// Records a new run and returns its id (a uuid v7: ids sort by start time).
+pub async fn create_run(control: &ControlPlane, run: NewRun) -> Result<String, EngineError> {
+    let run_id = uuid::Uuid::now_v7().to_string();
+    control
+        .start_run(&RunStart {
+            run_id: run_id.clone(),
+            mode: run.mode,
+            started_by: run.started_by,
+            config_digest: run.config_digest,
+            started_us: now_us(),
+            scope: run.scope,
+        })
+        .await
+        .map_err(control_err)?;
+    Ok(run_id)
+}
+
+/// Approves `run_id`, a repair run the breaker held, for the config whose digest is
+/// `config_digest`; it is marked running again. Refused for any other run, for a changed
+/// config, and when someone else approved it first.
+pub async fn approve_run(
+    control: &ControlPlane,
+    run_id: &str,
+    config_digest: &str,
+    approved_by: &str,
+) -> Result<Approved, EngineError> {
+    let Some(info) = control.run_info(run_id).await.map_err(control_err)? else {
+        return Err(refused(run_id, "no such run is recorded in the control plane".into()));
+    };
+    if info.mode != Mode::Repair || info.status != RunStatus::Held {
+        return Err(refused(
+            run_id,
+            format!(
+                "it is a {} run with status \"{}\"; only a repair run held by the breaker can be approved",
+                info.mode, info.status
+            ),
+        ));
+    }
+    if info.config_digest != config_digest {
+        return Err(refused(
+            run_id,
+            "it ran with a different version of the config; run `driftless repair` again to see \
+             what the current config would do"
+                .into(),
+        ));
+    }
+    let caps = info
+        .held
+        .iter()
+        .map(|(d, s, n, _)| ((d.clone(), s.clone()), (*n).max(0) as u64))
+        .collect();
+    if !control
+        .approve_run(run_id, approved_by, now_us())
+        .await
+        .map_err(control_err)?
+    {
+        return Err(refused(run_id, "someone else approved it meanwhile".into()));
+    }
+    Ok(Approved {
+        scope: info.scope.unwrap_or_else(|| "{}".to_owned()),
+        caps,
+    })
+}
+
+/// Records how a run finished: its status and every stage's counts.
+pub async fn finish_run(control: &ControlPlane, report: &RunReport) -> Result<(), EngineError> {
+    control
+        .finish_run(&report.run_id, report.status, now_us(), &stage_counts(report))
+        .await
+        .map_err(control_err)
+}
+
+/// Records a run that an error (or a stop signal: `interrupted`) ended, after handing back
+/// every entry `owner` holds leased so that another repairer takes them at once. Returns how
+/// many were handed back. Failures to record are logged, not returned: the run's own error
+/// is the one to report.
+pub async fn abandon_run(control: &ControlPlane, run_id: &str, owner: &str, interrupted: bool) -> u64 {
+    let handed_back = control.release_owner(owner).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not hand back this process's leases");
+        0
+    });
+    let status = if interrupted {
+        RunStatus::Interrupted
+    } else {
+        RunStatus::Failed
+    };
+    if let Err(e) = control.finish_run(run_id, status, now_us(), &[]).await {
+        tracing::warn!(error = %e, "could not record the failed run");
+    }
+    handed_back
+}
+
+/// Per-stage results of a report, as the control plane records them.
+fn stage_counts(report: &RunReport) -> Vec<StageCounts> {
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    report
+        .datasets
+        .iter()
+        .flat_map(|d| {
+            d.stages.iter().map(|s| StageCounts {
+                dataset: d.dataset.clone(),
+                stage: s.stage.clone(),
+                canonical_rows: count(s.canonical_rows),
+                stage_rows: count(s.stage_rows),
+                divergent: count(s.divergent),
+                repaired: count(s.repaired),
+                held: s
+                    .repair
+                    .as_ref()
+                    .filter(|r| r.status == RepairStatus::Held)
+                    .map(|r| r.reason.clone().unwrap_or_else(|| "held".into())),
+            })
+        })
+        .collect()
+}

@@ -504,3 +504,32 @@ async fn detection_pauses_at_the_high_watermark_while_the_repairer_drains() {
     let paused = run(4);
     assert!(paused > 0.0, "detection never paused at a high watermark of 4");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_give_each_stage_a_status_and_name_the_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    world(d, &["test", "prod"]).await;
+    mutate(&d.join("test.db"), "test", &[2, 500], &[4], &[-5]).await;
+    config(d, &["test", "prod"], "");
+    let scan = run_driftless!(d, &["scan", "--report", "json"]);
+    assert_eq!(scan.code, Some(2), "{}", scan.stderr);
+    let report = scan.report();
+    assert_eq!(stage(&report, "test")["status"], "drift");
+    assert_eq!(stage(&report, "prod")["status"], "consistent");
+    let workers = report["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 1, "{report}");
+    let me = workers[0].as_str().unwrap();
+    let pid = me.rsplit_once('/').map(|(_, pid)| pid).unwrap();
+    assert!(pid.parse::<u32>().is_ok() && me.contains('@'), "{me}: user@host/pid");
+
+    let repair = run_driftless!(d, &["repair", "--report", "json"]);
+    assert_eq!(repair.code, Some(0), "{}", repair.stderr);
+    let report = repair.report();
+    assert_eq!(stage(&report, "test")["status"], "repaired");
+    assert_eq!(
+        stage(&report, "test")["status"],
+        stage(&report, "test")["repair"]["status"]
+    );
+    assert_eq!(report["status"], "consistent");
+}

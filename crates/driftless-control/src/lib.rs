@@ -20,7 +20,7 @@ pub mod status;
 
 pub use ledger::{Intent, KeyLedger, LedgerRow, LedgerUpdate, Settle};
 pub use queue::{Backoff, Depth, Detected, EntryRecord, Leased, Settlement};
-pub use status::{Mode, RepairStatus, RunStatus};
+pub use status::{Mode, RepairStatus, RunStatus, StageStatus};
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -93,6 +93,44 @@ status! {
     }
 }
 
+status! {
+    /// Where one stage of a run ended: a scan's finding, or what its repair came to.
+    StageStatus {
+        /// The stage agrees with canonical.
+        Consistent => "consistent",
+        /// A scan found divergences.
+        Drift => "drift",
+        /// See [`RepairStatus::Repaired`].
+        Repaired => "repaired",
+        /// See [`RepairStatus::Incomplete`].
+        Incomplete => "incomplete",
+        /// See [`RepairStatus::Held`].
+        Held => "held",
+        /// See [`RepairStatus::Halted`].
+        Halted => "halted",
+        /// See [`RepairStatus::DryRun`].
+        DryRun => "dry_run",
+        /// See [`RepairStatus::Report`].
+        Report => "report",
+        /// See [`RepairStatus::VerifyFailed`].
+        VerifyFailed => "verify_failed",
+    }
+}
+
+impl From<RepairStatus> for StageStatus {
+    fn from(status: RepairStatus) -> StageStatus {
+        match status {
+            RepairStatus::Repaired => StageStatus::Repaired,
+            RepairStatus::Incomplete => StageStatus::Incomplete,
+            RepairStatus::Held => StageStatus::Held,
+            RepairStatus::Halted => StageStatus::Halted,
+            RepairStatus::DryRun => StageStatus::DryRun,
+            RepairStatus::Report => StageStatus::Report,
+            RepairStatus::VerifyFailed => StageStatus::VerifyFailed,
+        }
+    }
+}
+
 impl RepairStatus {
     /// Whether later stages of the run must not be written after this one.
     pub fn halts_later_stages(self) -> bool {
@@ -122,5 +160,8 @@ mod tests {
         assert_eq!(RepairStatus::parse("dry_run"), Some(RepairStatus::DryRun));
         assert_eq!(Mode::parse("scan"), Some(Mode::Scan));
         assert_eq!(RunStatus::parse("HELD"), None);
+        for r in [RepairStatus::Repaired, RepairStatus::DryRun, RepairStatus::VerifyFailed] {
+            assert_eq!(StageStatus::from(r).as_str(), r.as_str());
+        }
     }
 }

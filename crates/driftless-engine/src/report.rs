@@ -1,6 +1,6 @@
 //! The report of a run, shaped as the JSON contract in DESIGN.md. Extend it, never rename.
 
-pub use driftless_control::{Mode, RepairStatus, RunStatus};
+pub use driftless_control::{Mode, RepairStatus, RunStatus, StageStatus};
 use serde::Serialize;
 use serde_json::Value as Json;
 
@@ -13,6 +13,8 @@ pub struct RunReport {
     pub status: RunStatus,
     /// What the run did.
     pub mode: Mode,
+    /// The processes that took part: `user@host/pid`.
+    pub workers: Vec<String>,
     /// One entry per dataset, in config order.
     pub datasets: Vec<DatasetReport>,
 }
@@ -31,6 +33,8 @@ pub struct DatasetReport {
 pub struct StageReport {
     /// The stage's name.
     pub stage: String,
+    /// `consistent` or `drift` for a scan; what the repair came to for a repair.
+    pub status: StageStatus,
     /// Rows in the canonical copy.
     pub canonical_rows: u64,
     /// Rows in the stage's copy.

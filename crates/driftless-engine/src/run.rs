@@ -329,6 +329,7 @@ async fn run_stage(
         .count() as u64;
     let held_back = found.paused + pacer.as_ref().map_or(Duration::ZERO, Pacer::held_back);
     if repairing {
+        report.status = status.into();
         report.repair = Some(repair_report(
             schema, stage, &found, &stats, dead, status, held, held_back,
         ));

@@ -16,7 +16,7 @@ use tracing::{debug, info};
 
 pub use crate::error::{EngineError, canonical_label, stage_label};
 use crate::policy::StagePolicy;
-use crate::report::{DatasetReport, DivergenceReport, StageReport};
+use crate::report::{DatasetReport, DivergenceReport, StageReport, StageStatus};
 
 /// Rows a leaf should hold on average. Small leaves make re-reads of divergent ranges
 /// cheap; many leaves make trees larger. A thousand rows per leaf keeps both small.
@@ -244,6 +244,11 @@ pub fn stage_report(
         .collect();
     StageReport {
         stage: stage.to_owned(),
+        status: if divergences.is_empty() {
+            StageStatus::Consistent
+        } else {
+            StageStatus::Drift
+        },
         canonical_rows,
         stage_rows,
         divergent: divergences.len() as u64,

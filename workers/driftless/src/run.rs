@@ -237,6 +237,7 @@ async fn execute(
         run_id: run_id.clone(),
         status: RunStatus::Consistent,
         mode,
+        workers: vec![ctx.owner.clone()],
         datasets: reports,
     };
     report.status = report.status_of();

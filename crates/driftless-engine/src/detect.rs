@@ -15,7 +15,8 @@ use driftless_core::{Divergence, DivergenceKind, Key, KeyDivergence, KeyPart, Lo
 use driftless_store::Schema;
 use serde_json::Value as Json;
 
-use crate::scan::{CopyRef, DatasetPlan, EngineError, canonical_label, stage_label};
+use crate::error::{EngineError, canonical_label, stage_label};
+use crate::plan::{CopyRef, DatasetPlan};
 
 /// Keys a run is scoped to, as given on the command line.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]

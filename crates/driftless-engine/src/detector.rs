@@ -12,9 +12,11 @@ use driftless_core::{Divergence, Key, KeyDivergence, KeyRange, by_key};
 use driftless_store::{Progress, Schema};
 use tracing::info;
 
+use crate::context::{RunContext, now_us};
 use crate::detect::{diff_keys, mark_duplicates};
-use crate::run::{RunContext, now_us};
-use crate::scan::{CopyRef, DatasetPlan, EngineError, diff_range};
+use crate::error::EngineError;
+use crate::plan::{CopyRef, DatasetPlan};
+use crate::scan::diff_range;
 use crate::worker::{Latch, WorkContext, Worker, WorkerState};
 
 /// Keys a scoped run compares per point-read batch.

@@ -27,12 +27,14 @@
 //! The engine depends on the store traits only; the binary chooses the implementations.
 
 pub mod compensate;
+pub mod context;
 pub mod detect;
 mod detector;
 pub mod error;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pace;
+pub mod plan;
 pub mod policy;
 pub mod repair;
 pub mod report;
@@ -42,13 +44,14 @@ pub mod settle;
 pub mod supervisor;
 pub mod worker;
 
+pub use context::RunContext;
 pub use detect::Scope;
 pub use error::EngineError;
 pub use metrics::{Metrics, MetricsError, RepairOutcome};
 pub use pace::{PaceConfig, PaceError, Pacer};
 pub use policy::{RepairMode, RepairSettings, StagePolicy};
 pub use report::{DatasetReport, DivergenceReport, Mode, RepairStatus, RunReport, RunStatus, StageReport};
-pub use run::{RunContext, run_dataset};
+pub use run::run_dataset;
 pub use scan::{CopyRef, DatasetPlan, ScanOptions, scan_dataset};
 pub use supervisor::Supervisor;
 pub use worker::{Shutdown, WorkContext, Worker, WorkerState};

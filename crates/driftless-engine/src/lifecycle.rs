@@ -6,9 +6,9 @@ use std::collections::HashMap;
 
 use driftless_control::{ControlError, ControlPlane, Mode, RepairStatus, RunStart, RunStatus, StageCounts};
 
+use crate::context::now_us;
 use crate::error::EngineError;
 use crate::report::RunReport;
-use crate::run::now_us;
 
 /// What a new run is.
 #[derive(Debug, Clone)]

@@ -27,11 +27,11 @@ use driftless_store::{Schema, SourceRef, Store, WriteAction, WriteOp, WriteResul
 use tracing::{debug, warn};
 
 use crate::compensate::{Compiled, Param};
+use crate::context::{RunContext, now_us};
+use crate::error::EngineError;
 use crate::metrics::RepairOutcome;
 use crate::pace::Pacer;
 use crate::policy::RepairMode;
-use crate::run::{RunContext, now_us};
-use crate::scan::EngineError;
 use crate::worker::{Latch, WorkContext, Worker, WorkerState};
 
 /// How often an idle repairer looks for new entries while detection still runs (sooner

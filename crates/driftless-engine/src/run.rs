@@ -18,65 +18,30 @@
 //!    check, or a held stage, halts the later stages: they are detected and queued, not
 //!    written.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use driftless_control::{ControlPlane, EntryRecord};
+use driftless_control::EntryRecord;
 use driftless_core::{DivergenceKind, Key, KeyDivergence, LogicalType, by_key};
 use driftless_store::{Column, Schema};
 use tracing::info;
 
 use crate::compensate::{Compiled, compile};
-use crate::detect::{Scope, duplicate_commits, scoped_keys};
+pub use crate::context::{RunContext, now_us};
+use crate::detect::{duplicate_commits, scoped_keys};
 use crate::detector::{DetectWorker, Found, Source, chunks, compare_chunk};
-use crate::metrics::{Metrics, RepairOutcome};
+use crate::metrics::RepairOutcome;
 use crate::pace::Pacer;
-use crate::policy::{RepairMode, RepairSettings};
+use crate::policy::RepairMode;
 use crate::repair::{RepairStats, RepairWorker, Repairer};
 use crate::report::{DatasetReport, DeadReport, Mode, PlannedReport, RepairStatus, StageRepairReport, StageReport};
 use crate::scan::{
-    CopyRef, DatasetPlan, EngineError, Prepared, ROW_TREE, ScanOptions, canonical_label, prepare, resolve_schema,
-    stage_label, stage_plan, stage_report,
+    CopyRef, DatasetPlan, EngineError, Prepared, ROW_TREE, canonical_label, prepare, resolve_schema, stage_label,
+    stage_plan, stage_report,
 };
 use crate::supervisor::Supervisor;
-use crate::worker::{Latch, Shutdown};
-
-/// Everything a run shares across its datasets.
-#[derive(Debug)]
-pub struct RunContext {
-    /// The run's id.
-    pub run_id: String,
-    /// `scan` or `repair`.
-    pub mode: Mode,
-    /// `repair --dry-run`: plan only, write no copy.
-    pub dry_run: bool,
-    /// The control plane.
-    pub control: ControlPlane,
-    /// Where the run's metrics go.
-    pub metrics: Metrics,
-    /// Lease, batch, backoff and watermark settings.
-    pub settings: RepairSettings,
-    /// Keys the run is limited to, if any.
-    pub scope: Scope,
-    /// Approved stages of a held run being continued: `(dataset, stage)` -> the divergent
-    /// keys approved (the breaker lets up to that many through).
-    pub approved: HashMap<(String, String), u64>,
-    /// Who holds leases: `user@host/pid`.
-    pub owner: String,
-    /// Tree-building knobs and progress counters.
-    pub options: ScanOptions,
-    /// The process's stop signal: workers take no new step after it.
-    pub shutdown: Shutdown,
-}
-
-/// UTC microseconds since the epoch.
-pub fn now_us() -> i64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
-}
+use crate::worker::Latch;
 
 /// Records every tree's leaf aggregates in the control plane: the drift history of each
 /// range, run by run.

@@ -9,13 +9,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use driftless_core::{Boundaries, KeyRange, RowHasher, Tree, merge_join};
+use driftless_core::{Boundaries, KeyRange, Tree, merge_join};
 use driftless_store::{Progress, Schema, Store};
 use futures::future::try_join_all;
 use tracing::{debug, info};
 
 pub use crate::error::{EngineError, canonical_label, stage_label};
-use crate::policy::StagePolicy;
+pub use crate::plan::{CopyRef, DatasetPlan};
 use crate::report::{DatasetReport, DivergenceReport, StageReport, StageStatus};
 
 /// Rows a leaf should hold on average. Small leaves make re-reads of divergent ranges
@@ -27,38 +27,6 @@ pub const ROW_TREE: &str = "rows";
 const MAX_LEAVES: u64 = 1 << 16;
 /// Sampled keys per leaf: more samples give more even quantiles.
 const SAMPLES_PER_LEAF: u64 = 8;
-
-/// A named copy of a dataset.
-#[derive(Clone, Debug)]
-pub struct CopyRef {
-    /// The stage's name.
-    pub name: String,
-    /// Where it lives.
-    pub store: Arc<dyn Store>,
-    /// How `repair` treats it.
-    pub policy: StagePolicy,
-}
-
-/// Everything a scan of one dataset needs.
-#[derive(Clone, Debug)]
-pub struct DatasetPlan {
-    /// The dataset's name.
-    pub name: String,
-    /// Key columns; empty for the store's own key.
-    pub key: Vec<String>,
-    /// Compared columns; `None` for all non-key columns.
-    pub columns: Option<Vec<String>>,
-    /// The canonical copy.
-    pub canonical: Arc<dyn Store>,
-    /// The stages, in channel order.
-    pub stages: Vec<CopyRef>,
-    /// The row hasher every copy is digested with.
-    pub hasher: RowHasher,
-    /// Columns holding a commit id: stage rows repeating one are duplicate commits.
-    pub dedupe_key: Vec<String>,
-    /// The column holding each row's change time, for runs scoped by `--since`.
-    pub changed_column: Option<String>,
-}
 
 /// Knobs and progress counters of a scan.
 #[derive(Clone, Debug)]

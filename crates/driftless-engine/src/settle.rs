@@ -10,7 +10,8 @@
 use driftless_core::{Divergence, DivergenceKind, Key};
 use driftless_store::{Schema, Store};
 
-use crate::scan::{CopyRef, DatasetPlan, EngineError, canonical_label, stage_label};
+use crate::error::{EngineError, canonical_label, stage_label};
+use crate::plan::{CopyRef, DatasetPlan};
 
 /// `divergences` without the changed keys that both copies settle as equal.
 pub async fn settle(

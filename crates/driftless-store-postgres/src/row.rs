@@ -8,8 +8,9 @@ use driftless_store::Schema;
 use sqlx::postgres::PgRow;
 use sqlx::{Row as _, ValueRef as _};
 
+use crate::sql::key_expr;
 use crate::sql::{KeyKind, key_kind};
-use crate::wire::{ColumnPlan, Decode, Physical, Scratch, encode_value, key_expr, push_key};
+use crate::wire::{ColumnPlan, Decode, Physical, Scratch, encode_value, push_key};
 
 /// The binary fields of one row, keys first, then compared values; `None` is NULL.
 pub trait Fields {

@@ -7,8 +7,6 @@ use sqlx::Postgres;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 
-use crate::wire::key_expr;
-
 /// How a key column is read, compared and bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyKind {
@@ -75,6 +73,15 @@ pub fn ident(name: &str) -> String {
 pub fn key_kind(ty: LogicalType) -> KeyKind {
     // Schemas are validated when resolved: every key column has a key kind.
     KeyKind::of(ty).unwrap_or(KeyKind::Text)
+}
+
+/// A key column's select expression: integers as they are (decoded by width), text as
+/// `text`, uuids and bytes as they are.
+pub fn key_expr(name: &str, kind: KeyKind) -> String {
+    match kind {
+        KeyKind::Text => format!("{}::text", ident(name)),
+        KeyKind::Int | KeyKind::Uuid | KeyKind::Bytes => ident(name),
+    }
 }
 
 /// Key columns as compared and ordered: text bytewise.

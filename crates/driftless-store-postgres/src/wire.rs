@@ -151,15 +151,6 @@ impl ColumnPlan {
     }
 }
 
-/// A key column's select expression: integers as they are (decoded by width), text as
-/// `text`, uuids and bytes as they are.
-pub fn key_expr(name: &str, kind: KeyKind) -> String {
-    match kind {
-        KeyKind::Text => format!("{}::text", ident(name)),
-        KeyKind::Int | KeyKind::Uuid | KeyKind::Bytes => ident(name),
-    }
-}
-
 /// Appends one key column's binary value to `key`.
 pub fn push_key(key: &mut KeyBuilder, kind: KeyKind, raw: Option<&[u8]>) -> Result<(), String> {
     let raw = raw.ok_or("NULL in a key column")?;

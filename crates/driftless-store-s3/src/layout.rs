@@ -20,7 +20,9 @@ use driftless_store::StoreError;
 use driftless_store::object::ObjectMeta;
 
 use crate::S3Store;
-use crate::list::PAGE_KEYS;
+
+/// Top-level entries a layout holds at most: one page. A copy with more is listed flat.
+const LAYOUT_ENTRIES: i32 = 1000;
 
 /// One top-level entry.
 #[derive(Debug, Clone)]
@@ -168,7 +170,7 @@ impl S3Store {
             .bucket(&self.bucket)
             .prefix(&self.prefix)
             .delimiter("/")
-            .max_keys(PAGE_KEYS)
+            .max_keys(LAYOUT_ENTRIES)
             .send()
             .await
             .map_err(|e| self.read_error(&e))?;

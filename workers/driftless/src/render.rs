@@ -6,7 +6,6 @@ use std::io::Write as _;
 use anyhow::{Context, Result};
 use driftless_engine::{RepairStatus, RunReport};
 
-use crate::run::default_is_table;
 use crate::{OutputArgs, ReportFormat};
 
 /// Divergent keys listed per stage in the table; the JSON report lists all.
@@ -150,4 +149,9 @@ pub fn table(report: &RunReport) -> String {
         }
     }
     s
+}
+
+/// Whether output goes to a terminal, which picks the default report format.
+pub fn default_is_table(output: &OutputArgs) -> bool {
+    output.out.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout())
 }

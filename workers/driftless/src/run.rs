@@ -20,7 +20,7 @@ use serde_json::Value as Json;
 
 use crate::config::{self, Loaded};
 use crate::open::{open_control, open_copy};
-use crate::{MetricsArgs, OutputArgs, RepairArgs, ScanArgs, render, signals};
+use crate::{MetricsArgs, RepairArgs, ScanArgs, render, signals};
 
 /// How often the progress bar reads the counters.
 const PROGRESS_TICK_MS: u64 = 100;
@@ -324,9 +324,4 @@ fn progress_bar(options: &ScanOptions) -> ProgressBar {
         }
     });
     bar
-}
-
-/// Whether output goes to a terminal, which picks the default report format.
-pub fn default_is_table(output: &OutputArgs) -> bool {
-    output.out.is_none() && std::io::stdout().is_terminal()
 }

@@ -10,7 +10,8 @@
 //! pieces, in order: whole or partial folders, and the top-level objects it holds.
 //!
 //! A copy with more top-level entries than one page, or with no folder, has no layout: it
-//! is listed as one flat range.
+//! is listed as one flat range; so is a range whose folders are small (under half a page
+//! each), where a request per folder would cost more than it saves.
 
 use std::sync::Arc;
 
@@ -23,6 +24,9 @@ use crate::S3Store;
 
 /// Top-level entries a layout holds at most: one page. A copy with more is listed flat.
 const LAYOUT_ENTRIES: i32 = 1000;
+/// Below this many keys a folder, listing folder by folder makes more requests than it
+/// saves server work: half a page.
+pub(crate) const SMALL_FOLDER_KEYS: u64 = 500;
 
 /// One top-level entry.
 #[derive(Debug, Clone)]
@@ -57,6 +61,16 @@ pub(crate) enum Piece {
     Objects(Vec<ObjectMeta>),
 }
 
+impl Piece {
+    /// The smallest key the piece can hold.
+    pub(crate) fn start(&self) -> &str {
+        match self {
+            Piece::List(scope) => scope,
+            Piece::Objects(metas) => metas.first().map_or("", |m| m.key.as_str()),
+        }
+    }
+}
+
 /// The longest common prefix of two strings, on a character boundary.
 pub(crate) fn common_prefix<'a>(a: &'a str, b: &str) -> &'a str {
     let end = a
@@ -85,6 +99,16 @@ fn text_of(key: &Key) -> Option<String> {
         [KeyPart::Text(s)] => Some(s.clone()),
         _ => None,
     }
+}
+
+/// `pieces`, or one flat listing of `range` when its folders would hold under
+/// [`SMALL_FOLDER_KEYS`] of the `expected` keys each.
+fn unless_small(pieces: Vec<Piece>, range: &KeyRange, expected: Option<u64>) -> Vec<Piece> {
+    let folders = pieces.iter().filter(|p| matches!(p, Piece::List(_))).count() as u64;
+    if folders > 1 && expected.is_some_and(|keys| keys / folders < SMALL_FOLDER_KEYS) {
+        return vec![Piece::List(range_scope(range))];
+    }
+    pieces
 }
 
 /// The first key past folder `name`'s keys.
@@ -155,12 +179,16 @@ impl S3Store {
         *self.layout.lock().await = None;
     }
 
-    /// The pieces that list `range`: from the layout, or the range's own narrowest prefix.
-    pub(crate) async fn pieces(&self, range: &KeyRange) -> Result<Vec<Piece>, StoreError> {
-        Ok(match self.layout().await?.as_ref() {
-            Some(layout) => layout.pieces(range),
-            None => vec![Piece::List(range_scope(range))],
-        })
+    /// The pieces that list `range`, expected to hold `expected` keys when known: from the
+    /// layout, or the range's own narrowest prefix. A folder costs a request at least, so
+    /// when the range's folders would average under [`SMALL_FOLDER_KEYS`], one flat listing
+    /// under the range's common prefix is made instead.
+    pub(crate) async fn pieces(&self, range: &KeyRange, expected: Option<u64>) -> Result<Vec<Piece>, StoreError> {
+        let layout = self.layout().await?;
+        let Some(layout) = layout.as_ref() else {
+            return Ok(vec![Piece::List(range_scope(range))]);
+        };
+        Ok(unless_small(layout.pieces(range), range, expected))
     }
 
     async fn list_layout(&self) -> Result<Option<Layout>, StoreError> {
@@ -255,6 +283,24 @@ mod tests {
         );
         // Outside every folder: only the objects it holds.
         assert_eq!(names(&l.pieces(&range(Some("d09"), None))), ["objects z"]);
+    }
+
+    #[test]
+    fn small_folders_are_listed_flat() {
+        let mut l = layout();
+        l.entries.sort_by(|a, b| a.name().cmp(b.name()));
+        let r = range(Some("d07/f5"), Some("d08/f1"));
+        // Two folders of 1,000 keys: one request each, under each folder's prefix.
+        assert_eq!(
+            names(&unless_small(l.pieces(&r), &r, Some(2000))),
+            ["list d07/", "list d08/"]
+        );
+        // Two folders of 100 keys: one request under what the range's ends share.
+        assert_eq!(names(&unless_small(l.pieces(&r), &r, Some(200))), ["list d0"]);
+        // Unknown size, or one folder: as the layout says.
+        assert_eq!(names(&unless_small(l.pieces(&r), &r, None)), ["list d07/", "list d08/"]);
+        let one = range(Some("d07/f1"), Some("d07/f3"));
+        assert_eq!(names(&unless_small(l.pieces(&one), &one, Some(1))), ["list d07/f"]);
     }
 
     #[test]

@@ -285,7 +285,7 @@ impl Store for S3Store {
         futures::stream::try_unfold((None, range, columns), move |(cursor, range, columns)| async move {
             let mut cursor = match cursor {
                 Some(c) => c,
-                None => Cursor::new(range.clone(), self.pieces(&range).await?, expected),
+                None => Cursor::new(range.clone(), self.pieces(&range, expected).await?, expected),
             };
             let Some(page) = self.next_page(&mut cursor).await? else {
                 return Ok(None);

@@ -8,11 +8,14 @@
 //! the runs' first keys, so every leaf boundary the engine cuts from it starts a run, and
 //! canonical's tree is the runs folded into leaves: no second listing.
 
+use std::collections::VecDeque;
+
 use driftless_core::{Aggregate, Boundaries, Key, KeyRange, RowHasher, Tree};
 use driftless_store::object::ObjectColumn;
 use driftless_store::{Sample, Schema, StoreError};
 
 use crate::S3Store;
+use crate::layout::{Piece, SMALL_FOLDER_KEYS};
 use crate::list::Cursor;
 
 /// The most runs a summary holds (their first keys and aggregates: about 100 bytes each).
@@ -125,13 +128,50 @@ impl S3Store {
             .unwrap_or_else(|| RowHasher::new(Default::default(), 0));
         let mut summary = Summary::new(columns.clone(), hasher.algorithm());
         let all = KeyRange::all();
-        let mut cursor = Cursor::new(all.clone(), self.pieces(&all).await?, None);
-        while let Some(page) = self.next_page(&mut cursor).await? {
-            for (key, digest) in self.digest_page(page, &columns, &hasher).await? {
-                summary.add(key, digest);
+        let mut pieces: VecDeque<Piece> = self.pieces(&all, None).await?.into();
+        while let Some(piece) = pieces.pop_front() {
+            let folder = matches!(piece, Piece::List(_));
+            let listed = self
+                .fold(
+                    &mut summary,
+                    Cursor::new(all.clone(), vec![piece], None),
+                    &columns,
+                    &hasher,
+                )
+                .await?;
+            // Small folders cost more requests than they save: the rest in one flat listing.
+            if folder
+                && listed < SMALL_FOLDER_KEYS
+                && let Some(next) = pieces.front()
+            {
+                let rest = KeyRange {
+                    lo: Some(Key::text(next.start())),
+                    hi: None,
+                };
+                let flat = Cursor::new(rest, vec![Piece::List(String::new())], None);
+                self.fold(&mut summary, flat, &columns, &hasher).await?;
+                break;
             }
         }
         Ok(summary)
+    }
+
+    /// Folds every object `cursor` lists into `summary`; returns how many.
+    async fn fold(
+        &self,
+        summary: &mut Summary,
+        mut cursor: Cursor,
+        columns: &[ObjectColumn],
+        hasher: &RowHasher,
+    ) -> Result<u64, StoreError> {
+        let mut listed = 0;
+        while let Some(page) = self.next_page(&mut cursor).await? {
+            for (key, digest) in self.digest_page(page, columns, hasher).await? {
+                summary.add(key, digest);
+                listed += 1;
+            }
+        }
+        Ok(listed)
     }
 }
 

@@ -40,7 +40,7 @@ impl S3Store {
             .map(|(first, last)| async move {
                 let expected = boundaries.leaf_rows().map(|rows| rows * (last - first + 1) as u64);
                 let span = boundaries.span(first, last);
-                let mut cursor = Cursor::new(span.clone(), self.pieces(&span).await?, expected);
+                let mut cursor = Cursor::new(span.clone(), self.pieces(&span, expected).await?, expected);
                 let mut builder = LeafBuilder::new(boundaries);
                 while let Some(page) = self.next_page(&mut cursor).await? {
                     let batch = self.digest_page(page, columns, hasher).await?;

@@ -93,41 +93,38 @@ status! {
     }
 }
 
-status! {
-    /// Where one stage of a run ended: a scan's finding, or what its repair came to.
-    StageStatus {
-        /// The stage agrees with canonical.
-        Consistent => "consistent",
-        /// A scan found divergences.
-        Drift => "drift",
-        /// See [`RepairStatus::Repaired`].
-        Repaired => "repaired",
-        /// See [`RepairStatus::Incomplete`].
-        Incomplete => "incomplete",
-        /// See [`RepairStatus::Held`].
-        Held => "held",
-        /// See [`RepairStatus::Halted`].
-        Halted => "halted",
-        /// See [`RepairStatus::DryRun`].
-        DryRun => "dry_run",
-        /// See [`RepairStatus::Report`].
-        Report => "report",
-        /// See [`RepairStatus::VerifyFailed`].
-        VerifyFailed => "verify_failed",
+/// Where one stage of a run ended: a scan's finding, or what its repair came to. It prints
+/// as the scan's word or the repair status's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StageStatus {
+    /// A scan found the stage agrees with canonical.
+    Consistent,
+    /// A scan found divergences.
+    Drift,
+    /// What the stage's repair came to.
+    Repair(RepairStatus),
+}
+
+impl StageStatus {
+    /// The name printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageStatus::Consistent => "consistent",
+            StageStatus::Drift => "drift",
+            StageStatus::Repair(status) => status.as_str(),
+        }
     }
 }
 
 impl From<RepairStatus> for StageStatus {
     fn from(status: RepairStatus) -> StageStatus {
-        match status {
-            RepairStatus::Repaired => StageStatus::Repaired,
-            RepairStatus::Incomplete => StageStatus::Incomplete,
-            RepairStatus::Held => StageStatus::Held,
-            RepairStatus::Halted => StageStatus::Halted,
-            RepairStatus::DryRun => StageStatus::DryRun,
-            RepairStatus::Report => StageStatus::Report,
-            RepairStatus::VerifyFailed => StageStatus::VerifyFailed,
-        }
+        StageStatus::Repair(status)
+    }
+}
+
+impl Serialize for StageStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -162,6 +159,10 @@ mod tests {
         assert_eq!(RunStatus::parse("HELD"), None);
         for r in [RepairStatus::Repaired, RepairStatus::DryRun, RepairStatus::VerifyFailed] {
             assert_eq!(StageStatus::from(r).as_str(), r.as_str());
+            assert_eq!(
+                serde_json::to_string(&StageStatus::from(r)).unwrap(),
+                format!("\"{r}\"")
+            );
         }
     }
 }

@@ -28,18 +28,17 @@ use driftless_store::{Column, Schema};
 use tracing::info;
 
 use crate::compensate::{Compiled, compile};
-pub use crate::context::{RunContext, now_us};
+use crate::context::{RunContext, now_us};
 use crate::detect::{duplicate_commits, scoped_keys};
 use crate::detector::{DetectWorker, Found, Source, chunks, compare_chunk};
+use crate::error::{EngineError, canonical_label, stage_label};
 use crate::metrics::RepairOutcome;
 use crate::pace::Pacer;
+use crate::plan::{CopyRef, DatasetPlan};
 use crate::policy::RepairMode;
 use crate::repair::{RepairStats, RepairWorker, Repairer};
 use crate::report::{DatasetReport, DeadReport, Mode, PlannedReport, RepairStatus, StageRepairReport, StageReport};
-use crate::scan::{
-    CopyRef, DatasetPlan, EngineError, Prepared, ROW_TREE, canonical_label, prepare, resolve_schema, stage_label,
-    stage_plan, stage_report,
-};
+use crate::scan::{Prepared, ROW_TREE, prepare, resolve_schema, stage_plan, stage_report};
 use crate::supervisor::Supervisor;
 use crate::worker::Latch;
 

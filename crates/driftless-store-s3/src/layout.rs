@@ -122,6 +122,8 @@ impl Layout {
     /// The pieces that list `range`, in key order.
     pub(crate) fn pieces(&self, range: &KeyRange) -> Vec<Piece> {
         let below_hi = |name: &str| range.hi.as_ref().is_none_or(|hi| Key::text(name) < *hi);
+        // Within one folder, the range's own ends may narrow it further.
+        let scope = range_scope(range);
         let mut pieces = Vec::new();
         let mut objects = Vec::new();
         for entry in &self.entries {
@@ -140,10 +142,8 @@ impl Layout {
                     if !objects.is_empty() {
                         pieces.push(Piece::Objects(std::mem::take(&mut objects)));
                     }
-                    // Within one folder, the range's own ends may narrow it further.
-                    let scope = range_scope(range);
                     pieces.push(Piece::List(if scope.starts_with(name.as_str()) {
-                        scope
+                        scope.clone()
                     } else {
                         name.clone()
                     }));

@@ -10,14 +10,16 @@
 //!   holds by the breaker and approvals.
 //! - [`queue`]: the divergence queue (upsert on detection, leases, backoff, dead entries).
 //! - [`ledger`]: the repair ledger, settled in one transaction with the queue entry.
+//! - [`fleet`]: runs submitted for workers and their leases, datasets' plans, segments,
+//!   the workers that took part, stored reports.
 //! - [`status`]: the typed mode and statuses of runs and stage repairs.
-//!
-//! The segment and leaf-digest tables exist for the fleet issues.
 
+pub mod fleet;
 pub mod ledger;
 pub mod queue;
 pub mod status;
 
+pub use fleet::{ClaimedRun, RunSummary, Segment};
 pub use ledger::{Intent, KeyLedger, LedgerRow, LedgerUpdate, Settle};
 pub use queue::{Backoff, Depth, Detected, EntryRecord, Leased, Settlement};
 pub use status::{Mode, RepairStatus, RunStatus, StageStatus};
@@ -311,13 +313,26 @@ impl ControlPlane {
         copy: &str,
         leaves: &[(u64, u128)],
     ) -> Result<(), ControlError> {
+        self.record_leaves_from(run_id, dataset, copy, 0, leaves).await
+    }
+
+    /// Records leaves `first..` of one copy in a run (a segment's), as [`Self::record_leaves`].
+    pub async fn record_leaves_from(
+        &self,
+        run_id: &str,
+        dataset: &str,
+        copy: &str,
+        first: u32,
+        leaves: &[(u64, u128)],
+    ) -> Result<(), ControlError> {
+        let first = first as usize;
         let result: Result<(), sqlx::Error> = async {
             match &self.db {
                 Db::Postgres(pool) => {
                     let (n, counts, sums): (Vec<i32>, Vec<i64>, Vec<String>) = leaves
                         .iter()
                         .enumerate()
-                        .map(|(i, (c, s))| (i as i32, queue::saturating(*c), queue::hex128(*s)))
+                        .map(|(i, (c, s))| ((first + i) as i32, queue::saturating(*c), queue::hex128(*s)))
                         .fold((Vec::new(), Vec::new(), Vec::new()), |mut acc, (i, c, s)| {
                             acc.0.push(i);
                             acc.1.push(c);
@@ -341,7 +356,8 @@ impl ControlPlane {
                 }
                 Db::Sqlite(pool) => {
                     let mut tx = pool.begin().await?;
-                    let numbered: Vec<(usize, &(u64, u128))> = leaves.iter().enumerate().collect();
+                    let numbered: Vec<(usize, &(u64, u128))> =
+                        leaves.iter().enumerate().map(|(i, l)| (first + i, l)).collect();
                     for chunk in numbered.chunks(LEAF_ROWS_PER_STATEMENT) {
                         let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
                             "INSERT INTO leaf_digests (run_id, dataset, copy, leaf, count, sum_hex) ",

@@ -58,6 +58,8 @@ status! {
 status! {
     /// Where a run stands.
     RunStatus {
+        /// Submitted for the fleet; no worker has taken it yet.
+        Queued => "queued",
         /// Started, not finished.
         Running => "running",
         /// Every stage agrees with canonical.
@@ -128,6 +130,19 @@ impl Serialize for StageStatus {
     }
 }
 
+impl<'de> Deserialize<'de> for StageStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<StageStatus, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.as_str() {
+            "consistent" => Ok(StageStatus::Consistent),
+            "drift" => Ok(StageStatus::Drift),
+            other => RepairStatus::parse(other)
+                .map(StageStatus::Repair)
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown stage status {other:?}"))),
+        }
+    }
+}
+
 impl RepairStatus {
     /// Whether later stages of the run must not be written after this one.
     pub fn halts_later_stages(self) -> bool {
@@ -163,6 +178,8 @@ mod tests {
                 serde_json::to_string(&StageStatus::from(r)).unwrap(),
                 format!("\"{r}\"")
             );
+            let back: StageStatus = serde_json::from_str(&format!("\"{r}\"")).unwrap();
+            assert_eq!(back, StageStatus::from(r));
         }
     }
 }

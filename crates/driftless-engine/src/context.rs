@@ -37,6 +37,11 @@ pub struct RunContext {
     pub options: ScanOptions,
     /// The process's stop signal: workers take no new step after it.
     pub shutdown: Shutdown,
+    /// Hex BLAKE3 of the config the run was started with.
+    pub config_digest: String,
+    /// Trees are digested in segments that any worker of the fleet may take (a submitted
+    /// run), rather than whole in this process.
+    pub segmented: bool,
 }
 
 /// UTC microseconds since the epoch.

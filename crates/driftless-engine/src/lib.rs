@@ -21,6 +21,8 @@
 //!   throttled or done) and the supervisor that steps workers together and owns how they
 //!   stop (Ctrl-C, SIGTERM, a failed worker). Detection of a stage (`detector`) and the
 //!   repair of its queue are workers.
+//! - [`segment`]: a submitted run's trees digested in segments by any worker of the fleet,
+//!   under heartbeated leases, and read back from the recorded leaf digests.
 //! - [`settle`]: changed object keys whose fingerprints cannot be compared are settled by
 //!   content on both copies before they are reported.
 //!
@@ -40,6 +42,7 @@ pub mod repair;
 pub mod report;
 pub mod run;
 pub mod scan;
+pub mod segment;
 pub mod settle;
 pub mod supervisor;
 pub mod worker;

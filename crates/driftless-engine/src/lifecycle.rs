@@ -48,21 +48,47 @@ fn refused(run_id: &str, reason: String) -> EngineError {
     }
 }
 
-/// Records a new run and returns its id (a uuid v7: ids sort by start time).
+/// Records a new run this process drives and returns its id (a uuid v7: ids sort by start
+/// time).
 pub async fn create_run(control: &ControlPlane, run: NewRun) -> Result<String, EngineError> {
-    let run_id = uuid::Uuid::now_v7().to_string();
-    control
-        .start_run(&RunStart {
-            run_id: run_id.clone(),
-            mode: run.mode,
-            started_by: run.started_by,
-            config_digest: run.config_digest,
-            started_us: now_us(),
-            scope: run.scope,
-        })
-        .await
-        .map_err(control_err)?;
-    Ok(run_id)
+    let start = run_start(run);
+    control.start_run(&start).await.map_err(control_err)?;
+    Ok(start.run_id)
+}
+
+/// Records a new run for the fleet (`queued` until a worker takes it) and returns its id.
+pub async fn submit_run(control: &ControlPlane, run: NewRun) -> Result<String, EngineError> {
+    let start = run_start(run);
+    control.queue_run(&start).await.map_err(control_err)?;
+    Ok(start.run_id)
+}
+
+fn run_start(run: NewRun) -> RunStart {
+    RunStart {
+        run_id: uuid::Uuid::now_v7().to_string(),
+        mode: run.mode,
+        started_by: run.started_by,
+        config_digest: run.config_digest,
+        started_us: now_us(),
+        scope: run.scope,
+    }
+}
+
+/// Records how a submitted run finished and stores its report for whoever waits on it.
+pub async fn finish_submitted(control: &ControlPlane, report: &RunReport) -> Result<(), EngineError> {
+    finish_run(control, report).await?;
+    let json = serde_json::to_string(report).map_err(|e| refused(&report.run_id, format!("report: {e}")))?;
+    control.store_report(&report.run_id, &json).await.map_err(control_err)
+}
+
+/// Records a submitted run that failed, with the reason in place of its report (what
+/// `--submit` prints and `runs show` shows). Failures to record are logged.
+pub async fn fail_submitted(control: &ControlPlane, run_id: &str, owner: &str, reason: &str) {
+    abandon_run(control, run_id, owner, false).await;
+    let json = serde_json::json!({ "run_id": run_id, "status": RunStatus::Failed, "error": reason });
+    if let Err(e) = control.store_report(run_id, &json.to_string()).await {
+        tracing::warn!(error = %e, "could not record why the run failed");
+    }
 }
 
 /// Approves `run_id`, a repair run the breaker held, for the config whose digest is

@@ -1,11 +1,11 @@
 //! The report of a run, shaped as the JSON contract in DESIGN.md. Extend it, never rename.
 
 pub use driftless_control::{Mode, RepairStatus, RunStatus, StageStatus};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 /// One run over one or more datasets.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunReport {
     /// Unique id of the run.
     pub run_id: String,
@@ -20,7 +20,7 @@ pub struct RunReport {
 }
 
 /// One dataset's result.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DatasetReport {
     /// The dataset's name.
     pub dataset: String,
@@ -29,7 +29,7 @@ pub struct DatasetReport {
 }
 
 /// One stage's result against canonical.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StageReport {
     /// The stage's name.
     pub stage: String,
@@ -46,31 +46,31 @@ pub struct StageReport {
     /// The divergent keys, in key order.
     pub divergences: Vec<DivergenceReport>,
     /// What `repair` did to the stage; absent for `scan`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repair: Option<StageRepairReport>,
 }
 
 /// What a repair run did to one stage (an extension of the DESIGN.md report contract).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StageRepairReport {
     /// `overwrite`, `compensate` or `report`.
-    pub mode: &'static str,
+    pub mode: String,
     /// `repaired` (nothing left), `incomplete` (some keys left, listed below), `held`
     /// (breaker: approval needed), `halted` (an earlier stage did not finish), `dry_run`,
     /// `report` (mode report), or `verify_failed`.
     pub status: RepairStatus,
     /// Why writes were held or halted, or what verification found.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Entries by outcome (`applied`, `already_applied`, `resolved`, `skipped_newer`,
     /// `failed` attempts, `dead`, `planned`, `no_statement`).
-    pub outcomes: std::collections::BTreeMap<&'static str, u64>,
+    pub outcomes: std::collections::BTreeMap<String, u64>,
     /// Keys not overwritten because the stage changed after detection (a newer write).
     pub skipped_newer: Vec<Json>,
     /// Entries parked after failing too often, with the last error.
     pub dead: Vec<DeadReport>,
     /// With `--dry-run` (or mode report): the write each divergent key would get.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub planned: Vec<PlannedReport>,
     /// Time detection spent paused by backpressure and writes waited on the rate limit.
     pub held_back_secs: f64,
@@ -80,7 +80,7 @@ pub struct StageRepairReport {
 }
 
 /// A queue entry parked as dead.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeadReport {
     /// The key.
     pub key: Json,
@@ -93,23 +93,23 @@ pub struct DeadReport {
 }
 
 /// A write a dry run would make.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PlannedReport {
     /// The key.
     pub key: Json,
     /// The divergence kind.
-    pub kind: &'static str,
+    pub kind: String,
     /// `put`, `delete` or `compensate`.
-    pub action: &'static str,
+    pub action: String,
 }
 
 /// One divergent key.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DivergenceReport {
     /// The key, one member per key column (`{"key": "path"}` for object stores).
     pub key: Json,
     /// `missing`, `extra`, `changed` or `duplicate`.
-    pub kind: &'static str,
+    pub kind: String,
 }
 
 impl RunReport {

@@ -39,6 +39,7 @@ use crate::policy::RepairMode;
 use crate::repair::{RepairStats, RepairWorker, Repairer};
 use crate::report::{DatasetReport, DeadReport, Mode, PlannedReport, RepairStatus, StageRepairReport, StageReport};
 use crate::scan::{Prepared, ROW_TREE, prepare, resolve_schema, stage_plan, stage_report};
+use crate::segment::prepare_segmented;
 use crate::supervisor::Supervisor;
 use crate::worker::Latch;
 
@@ -91,13 +92,18 @@ pub async fn run_dataset(plan: &DatasetPlan, ctx: &RunContext) -> Result<Dataset
     let schema = Arc::new(resolve_schema(plan).await?);
     let prepared = if ctx.scope.is_scoped() {
         None
+    } else if ctx.segmented {
+        Some(prepare_segmented(plan, (*schema).clone(), ctx).await?)
     } else {
         Some(prepare(plan, (*schema).clone(), &ctx.options).await?)
     };
     if let Some(p) = &prepared {
         let canonical_rows = p.trees.first().map_or(0, |(c, _)| c.root().count);
         ctx.metrics.add_rows_digested(&plan.name, "canonical", canonical_rows);
-        record_leaves(plan, ctx, p).await?;
+        // Segments record their own leaves as they are done.
+        if !ctx.segmented {
+            record_leaves(plan, ctx, p).await?;
+        }
     }
     let mut halted: Option<String> = None;
     let mut stages = Vec::new();
@@ -507,25 +513,29 @@ fn repair_report(
             error: e.last_error,
         })
         .collect();
-    let mut outcomes: BTreeMap<&'static str, u64> = stats.outcomes.iter().map(|(o, n)| (o.as_str(), *n)).collect();
+    let mut outcomes: BTreeMap<String, u64> = stats
+        .outcomes
+        .iter()
+        .map(|(o, n)| (o.as_str().to_owned(), *n))
+        .collect();
     let planned: Vec<PlannedReport> = if status.plans_only() {
         found
             .keys
             .iter()
             .map(|k| PlannedReport {
                 key: k.key.to_json(&key_names),
-                kind: k.kind.as_str(),
-                action: planned_action(&stage.policy.mode, k),
+                kind: k.kind.as_str().to_owned(),
+                action: planned_action(&stage.policy.mode, k).to_owned(),
             })
             .collect()
     } else {
         Vec::new()
     };
     if !planned.is_empty() {
-        outcomes.insert(RepairOutcome::Planned.as_str(), planned.len() as u64);
+        outcomes.insert(RepairOutcome::Planned.as_str().to_owned(), planned.len() as u64);
     }
     StageRepairReport {
-        mode: stage.policy.mode.name(),
+        mode: stage.policy.mode.name().to_owned(),
         status,
         reason,
         outcomes,

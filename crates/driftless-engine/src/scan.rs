@@ -102,54 +102,119 @@ pub async fn resolve_schema(plan: &DatasetPlan) -> Result<Schema, EngineError> {
 /// Chooses boundaries and digests canonical and every stage into trees, concurrently.
 pub async fn prepare(plan: &DatasetPlan, schema: Schema, options: &ScanOptions) -> Result<Prepared, EngineError> {
     let (boundaries, rows) = choose_boundaries(plan, &schema, options).await?;
-    // A stage whose store digests leaves in place the same way canonical's does is compared
-    // on push-down trees; every other stage on row-digest trees built here.
-    let pushdown = plan.canonical.pushdown_kind(&schema);
+    let jobs = tree_jobs(plan, &schema);
+    let pulled = jobs.trees.iter().filter(|j| !j.in_place).count() as u64;
+    options.expected_rows.fetch_add(rows * pulled, Ordering::Relaxed);
+    debug!(dataset = %plan.name, rows, leaves = boundaries.leaf_count(), pushdown = ?jobs.pushdown, "boundaries chosen");
+    let schema = Arc::new(schema);
+    let boundaries = Arc::new(boundaries);
+    let built = build_trees(plan, &schema, &boundaries, &jobs.trees, options).await?;
+    Ok(jobs.assemble(schema, boundaries, built))
+}
+
+/// One tree a dataset's comparison needs: which copy, and whether it digests in place.
+#[derive(Clone, Debug)]
+pub struct TreeJob {
+    /// `canonical` or the stage's name.
+    pub copy: String,
+    /// Its store.
+    pub store: Arc<dyn Store>,
+    /// A push-down tree, computed where the data lives.
+    pub in_place: bool,
+    /// The kind of its leaf sums: [`ROW_TREE`] or the push-down kind.
+    pub kind: &'static str,
+}
+
+impl TreeJob {
+    /// The copy's label in the leaf digests: its name, `:kind` suffixed for a push-down tree.
+    pub fn label(&self) -> String {
+        if self.in_place {
+            format!("{}:{}", self.copy, self.kind)
+        } else {
+            self.copy.clone()
+        }
+    }
+}
+
+/// The trees a dataset's comparison needs: canonical's (one per kind in use) first, then
+/// the stages' in plan order.
+#[derive(Clone, Debug)]
+pub struct TreeJobs {
+    /// The trees to build.
+    pub trees: Vec<TreeJob>,
+    /// Per stage, whether it is compared on push-down trees.
+    uses_pushdown: Vec<bool>,
+    /// Canonical's push-down kind, if it has one.
+    pushdown: Option<&'static str>,
+}
+
+/// Which trees a dataset needs: a stage whose store digests leaves in place the same way
+/// canonical's does is compared on push-down trees; every other stage on row-digest trees
+/// built here.
+pub fn tree_jobs(plan: &DatasetPlan, schema: &Schema) -> TreeJobs {
+    let pushdown = plan.canonical.pushdown_kind(schema);
     let uses_pushdown: Vec<bool> = plan
         .stages
         .iter()
-        .map(|s| pushdown.is_some() && s.store.pushdown_kind(&schema) == pushdown)
+        .map(|s| pushdown.is_some() && s.store.pushdown_kind(schema) == pushdown)
         .collect();
-    let mut jobs: Vec<TreeJob> = Vec::new();
-    if uses_pushdown.iter().any(|&p| p) {
-        jobs.push((canonical_label(), plan.canonical.clone(), true));
-    }
-    if uses_pushdown.iter().any(|&p| !p) {
-        jobs.push((canonical_label(), plan.canonical.clone(), false));
+    let job = |copy: String, store: &Arc<dyn Store>, in_place: bool| TreeJob {
+        copy,
+        store: store.clone(),
+        in_place,
+        kind: if in_place {
+            pushdown.unwrap_or(ROW_TREE)
+        } else {
+            ROW_TREE
+        },
+    };
+    let mut trees = Vec::new();
+    for in_place in [true, false] {
+        if uses_pushdown.contains(&in_place) {
+            trees.push(job("canonical".to_owned(), &plan.canonical, in_place));
+        }
     }
     for (stage, &p) in plan.stages.iter().zip(&uses_pushdown) {
-        jobs.push((stage_label(&stage.name), stage.store.clone(), p));
+        trees.push(job(stage.name.clone(), &stage.store, p));
     }
-    let pulled = jobs.iter().filter(|j| !j.2).count() as u64;
-    options.expected_rows.fetch_add(rows * pulled, Ordering::Relaxed);
-    debug!(dataset = %plan.name, rows, leaves = boundaries.leaf_count(), ?pushdown, "boundaries chosen");
-
-    let schema = Arc::new(schema);
-    let boundaries = Arc::new(boundaries);
-    let mut built = build_trees(plan, &schema, &boundaries, jobs, options).await?;
-    // Canonical's trees come first in `built`, the stages' after them in plan order.
-    let stage_trees = built.split_off(built.len() - plan.stages.len());
-    let kinds = uses_pushdown
-        .iter()
-        .map(|&p| if p { pushdown.unwrap_or(ROW_TREE) } else { ROW_TREE })
-        .collect();
-    let trees = stage_trees
-        .into_iter()
-        .map(|(in_place, tree)| {
-            let canonical = built
-                .iter()
-                .find(|(p, _)| *p == in_place)
-                .map(|(_, t)| t.clone())
-                .expect("canonical's tree of each kind in use is built");
-            (canonical, tree)
-        })
-        .collect();
-    Ok(Prepared {
-        schema,
-        boundaries,
+    TreeJobs {
         trees,
-        kinds,
-    })
+        uses_pushdown,
+        pushdown,
+    }
+}
+
+impl TreeJobs {
+    /// The prepared comparison from the trees built, one per job in job order.
+    pub fn assemble(&self, schema: Arc<Schema>, boundaries: Arc<Boundaries>, mut built: Vec<Tree>) -> Prepared {
+        let stages = self.uses_pushdown.len();
+        // Canonical's trees come first in `built`, the stages' after them in plan order.
+        let stage_trees = built.split_off(built.len() - stages);
+        let canonical: Vec<(bool, Tree)> = self.trees.iter().map(|j| j.in_place).zip(built).collect();
+        let trees = stage_trees
+            .into_iter()
+            .zip(&self.uses_pushdown)
+            .map(|(tree, &in_place)| {
+                let of_kind = canonical
+                    .iter()
+                    .find(|(p, _)| *p == in_place)
+                    .map(|(_, t)| t.clone())
+                    .expect("canonical's tree of each kind in use is built");
+                (of_kind, tree)
+            })
+            .collect();
+        let kinds = self
+            .uses_pushdown
+            .iter()
+            .map(|&p| if p { self.pushdown.unwrap_or(ROW_TREE) } else { ROW_TREE })
+            .collect();
+        Prepared {
+            schema,
+            boundaries,
+            trees,
+            kinds,
+        }
+    }
 }
 
 /// Compares one stage's tree with canonical's, top-down.
@@ -207,7 +272,7 @@ pub fn stage_report(
         .iter()
         .map(|d| DivergenceReport {
             key: d.key.to_json(&key_names),
-            kind: d.kind.as_str(),
+            kind: d.kind.as_str().to_owned(),
         })
         .collect();
     StageReport {
@@ -228,7 +293,7 @@ pub fn stage_report(
 
 /// Boundaries at the quantiles of a sample of canonical's keys, about
 /// `options.rows_per_leaf` rows per leaf; also returns canonical's row count.
-async fn choose_boundaries(
+pub(crate) async fn choose_boundaries(
     plan: &DatasetPlan,
     schema: &Schema,
     options: &ScanOptions,
@@ -256,20 +321,17 @@ async fn choose_boundaries(
     Ok((boundaries, sample.rows))
 }
 
-/// One digest job: which copy, its store, and whether it digests in place (push-down).
-type TreeJob = (String, Arc<dyn Store>, bool);
-
-/// Runs the digest jobs concurrently, one task each, and returns `(in_place, tree)` in job
-/// order.
+/// Builds the jobs' trees concurrently, one task each, in job order.
 async fn build_trees(
     plan: &DatasetPlan,
     schema: &Arc<Schema>,
     boundaries: &Arc<Boundaries>,
-    jobs: Vec<TreeJob>,
+    jobs: &[TreeJob],
     options: &ScanOptions,
-) -> Result<Vec<(bool, Tree)>, EngineError> {
-    try_join_all(jobs.into_iter().map(|(label, store, in_place)| {
+) -> Result<Vec<Tree>, EngineError> {
+    try_join_all(jobs.iter().map(|job| {
         let (schema, boundaries, hasher) = (schema.clone(), boundaries.clone(), plan.hasher.clone());
+        let (store, in_place) = (job.store.clone(), job.in_place);
         let progress = options.progress.clone();
         let task = tokio::spawn(async move {
             if in_place {
@@ -278,26 +340,32 @@ async fn build_trees(
                 store.tree(&schema, &boundaries, &hasher, &progress).await
             }
         });
-        let dataset = plan.name.clone();
+        let (dataset, label) = (plan.name.clone(), copy_label(&job.copy));
         async move {
-            let tree = match task.await {
+            match task.await {
                 Ok(tree) => tree.map_err(|error| EngineError::Store {
                     dataset,
                     copy: label,
                     error,
-                })?,
-                Err(e) => {
-                    return Err(EngineError::Task {
-                        dataset,
-                        copy: label,
-                        reason: e.to_string(),
-                    });
-                }
-            };
-            Ok((in_place, tree))
+                }),
+                Err(e) => Err(EngineError::Task {
+                    dataset,
+                    copy: label,
+                    reason: e.to_string(),
+                }),
+            }
         }
     }))
     .await
+}
+
+/// How errors name a copy: `canonical` or the stage's name.
+pub fn copy_label(copy: &str) -> String {
+    if copy == "canonical" {
+        canonical_label()
+    } else {
+        stage_label(copy)
+    }
 }
 
 /// Reads one range from canonical and the stage and merge-joins them.

@@ -9,6 +9,9 @@
 //! - `run`: a scan or repair over the selected datasets and stages, with a progress bar;
 //!   `--approve` continuing a held run; metrics written or pushed at the end.
 //! - `render`: the report as a table or as the JSON contract.
+//! - `submit`: `--submit` (a run queued for the fleet, waited on) and `driftless runs`.
+//! - `worker`: `driftless worker`, the fleet's process: a run driver and segment digesters
+//!   under one supervisor.
 //! - `demo`: builds a small world with known drift and scans it.
 //!
 //! Exit status follows Terraform's `-detailed-exitcode`: 0 every stage consistent, 2 drift
@@ -20,6 +23,8 @@ mod open;
 mod render;
 mod run;
 mod signals;
+mod submit;
+mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +47,11 @@ enum Command {
     /// Detect drift, then repair it stage by stage in channel order; `--dry-run` prints the
     /// plan only.
     Repair(RepairArgs),
+    /// Run a fleet worker until SIGTERM: drive submitted runs and digest their segments,
+    /// sharing the control plane with any number of other workers.
+    Worker(WorkerArgs),
+    /// List recent runs, or print one run's report (`runs show RUN_ID`).
+    Runs(RunsArgs),
     /// Build a canonical copy and three stages with known drift under a directory, scan
     /// them, and check the report names exactly the injected drift.
     Demo(DemoArgs),
@@ -71,6 +81,72 @@ struct ScanArgs {
     output: OutputArgs,
     #[command(flatten)]
     metrics: MetricsArgs,
+    #[command(flatten)]
+    submit: SubmitArgs,
+}
+
+/// Handing a run to the fleet.
+#[derive(Debug, Args)]
+struct SubmitArgs {
+    /// Queue the run in the control plane for `driftless worker` processes, wait for it,
+    /// print its report and exit as the run would have.
+    #[arg(long)]
+    submit: bool,
+    /// With `--submit`: print the run's id and exit 0 at once.
+    #[arg(long, requires = "submit")]
+    no_wait: bool,
+}
+
+/// What a worker does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Role {
+    /// Drive submitted scan runs and digest any run's segments.
+    Scan,
+    /// Drive submitted repair runs.
+    Repair,
+}
+
+/// Flags of `driftless worker`.
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    /// The config file; every worker of a fleet runs with the same one.
+    #[arg(long, default_value = "driftless.toml")]
+    config: PathBuf,
+    /// What this worker takes on (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "scan,repair")]
+    roles: Vec<Role>,
+    /// Segments digested at once.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    concurrency: usize,
+}
+
+/// Flags of `driftless runs`.
+#[derive(Debug, Args)]
+struct RunsArgs {
+    /// The config file (for its control plane).
+    #[arg(long, default_value = "driftless.toml", global = true)]
+    config: PathBuf,
+    /// Only runs that covered this dataset.
+    #[arg(long, value_name = "NAME")]
+    dataset: Option<String>,
+    /// How many runs, newest first.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    limit: u32,
+    #[command(flatten)]
+    output: OutputArgs,
+    #[command(subcommand)]
+    command: Option<RunsCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// Print one run's report, as the run printed it.
+    Show {
+        /// The run's id.
+        run_id: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 /// Flags of `driftless repair`.
@@ -150,6 +226,8 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Scan(args) => run::scan(&args).await,
             Command::Repair(args) => run::repair(&args).await,
+            Command::Worker(args) => worker::run(&args).await,
+            Command::Runs(args) => submit::runs(&args).await,
             Command::Demo(args) => demo::run(&args).await,
         }
     });

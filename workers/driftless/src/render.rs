@@ -22,6 +22,11 @@ pub fn write(report: &RunReport, output: &OutputArgs) -> Result<()> {
         ReportFormat::Json => serde_json::to_string_pretty(report).context("serialising the report")? + "\n",
         ReportFormat::Table => table(report),
     };
+    emit(&text, output)
+}
+
+/// Writes `text` to the report file, or to standard output.
+pub fn emit(text: &str, output: &OutputArgs) -> Result<()> {
     match &output.out {
         Some(path) => std::fs::write(path, text).with_context(|| format!("cannot write report to {}", path.display())),
         None => {

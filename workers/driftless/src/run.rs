@@ -29,16 +29,22 @@ const PUSH_JOB: &str = "driftless";
 
 /// What a run covers; recorded with the run as JSON.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-struct Selection {
+pub struct Selection {
     datasets: Vec<String>,
     stages: Vec<String>,
     scope: Scope,
+    /// `repair --dry-run` (recorded for a submitted run, whose worker reads it back).
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// Runs a scan; `Ok(true)` when drift was found.
 pub async fn scan(args: &ScanArgs) -> Result<bool> {
     let loaded = config::load(&args.config)?;
     let selection = selection(args)?;
+    if args.submit.submit {
+        return crate::submit::submit(&loaded, &selection, Mode::Scan, &args.submit, &args.output).await;
+    }
     let report = execute(&loaded, &selection, Mode::Scan, false, None, &args.metrics).await?;
     render::write(&report, &args.output)?;
     Ok(report.has_drift())
@@ -47,7 +53,12 @@ pub async fn scan(args: &ScanArgs) -> Result<bool> {
 /// Runs a repair; `Ok(true)` when drift is left (held, skipped, dead, or a dry run).
 pub async fn repair(args: &RepairArgs) -> Result<bool> {
     let loaded = config::load(&args.scan.config)?;
-    let selection = selection(&args.scan)?;
+    let mut selection = selection(&args.scan)?;
+    selection.dry_run = args.dry_run;
+    if args.scan.submit.submit {
+        let (submit, output) = (&args.scan.submit, &args.scan.output);
+        return crate::submit::submit(&loaded, &selection, Mode::Repair, submit, output).await;
+    }
     let report = execute(
         &loaded,
         &selection,
@@ -67,6 +78,7 @@ pub async fn scan_loaded(loaded: &Loaded, datasets: &[String], stages: &[String]
         datasets: datasets.to_vec(),
         stages: stages.to_vec(),
         scope: Scope::default(),
+        dry_run: false,
     };
     let no_metrics = MetricsArgs {
         metrics_file: None,
@@ -91,6 +103,7 @@ fn selection(args: &ScanArgs) -> Result<Selection> {
         datasets: args.datasets.clone(),
         stages: args.stages.clone(),
         scope,
+        dry_run: false,
     })
 }
 
@@ -113,18 +126,17 @@ fn read_keys(path: &Path) -> Result<Vec<(usize, Json)>> {
 }
 
 /// The selection as the run records it, so `--approve` can continue it.
-fn scope_json(s: &Selection) -> String {
+pub fn scope_json(s: &Selection) -> String {
     // Strings, numbers and JSON values only: serialising cannot fail.
     serde_json::to_string(s).unwrap_or_default()
 }
 
-fn selection_from_json(text: &str) -> Result<Selection> {
+pub fn selection_from_json(text: &str) -> Result<Selection> {
     serde_json::from_str(text).context("the run's recorded scope does not read back")
 }
 
-/// Opens the selected copies as plans (stages opened for writing when this run may write
-/// them).
-async fn plans(loaded: &Loaded, selection: &Selection, mode: Mode, dry_run: bool) -> Result<Vec<DatasetPlan>> {
+/// Checks that the selection names datasets and stages of the config.
+pub fn check_selection(loaded: &Loaded, selection: &Selection) -> Result<()> {
     let selected = loaded.config.select(&selection.datasets, &loaded.path)?;
     for s in &selection.stages {
         if !selected.iter().any(|d| d.stages.iter().any(|st| st.stage_name() == s)) {
@@ -134,6 +146,14 @@ async fn plans(loaded: &Loaded, selection: &Selection, mode: Mode, dry_run: bool
             );
         }
     }
+    Ok(())
+}
+
+/// Opens the selected copies as plans (stages opened for writing when this run may write
+/// them).
+pub async fn plans(loaded: &Loaded, selection: &Selection, mode: Mode, dry_run: bool) -> Result<Vec<DatasetPlan>> {
+    check_selection(loaded, selection)?;
+    let selected = loaded.config.select(&selection.datasets, &loaded.path)?;
     let hasher = RowHasher::new(loaded.config.digest.algorithm, loaded.config.digest.seed);
     let source = loaded.source();
     let mut plans = Vec::new();
@@ -208,19 +228,9 @@ async fn execute(
     };
 
     let shutdown = signals::listen(loaded.config.shutdown_grace());
-    let ctx = RunContext {
-        run_id: run_id.clone(),
-        mode,
-        dry_run,
-        control: control.clone(),
-        metrics: Metrics::new(),
-        settings: loaded.config.repair_settings(),
-        scope: selection.scope.clone(),
-        approved,
-        owner: format!("{}/{}", started_by(), std::process::id()),
-        options: ScanOptions::default(),
-        shutdown,
-    };
+    let mut ctx = context(loaded, &control, &run_id, mode, &selection, shutdown);
+    ctx.dry_run = dry_run;
+    ctx.approved = approved;
     let bar = progress_bar(&ctx.options);
     let mut reports = Vec::new();
     for plan in &plans {
@@ -243,6 +253,72 @@ async fn execute(
     report.status = report.status_of();
     lifecycle::finish_run(&control, &report).await?;
     write_metrics(&ctx.metrics, metrics_args).await?;
+    Ok(report)
+}
+
+/// A run's context as this process drives it: its own worker id, no approvals, not
+/// segmented; the caller changes what differs.
+pub fn context(
+    loaded: &Loaded,
+    control: &driftless_control::ControlPlane,
+    run_id: &str,
+    mode: Mode,
+    selection: &Selection,
+    shutdown: driftless_engine::Shutdown,
+) -> RunContext {
+    RunContext {
+        run_id: run_id.to_owned(),
+        mode,
+        dry_run: selection.dry_run,
+        control: control.clone(),
+        metrics: Metrics::new(),
+        settings: loaded.config.repair_settings(),
+        scope: selection.scope.clone(),
+        approved: HashMap::new(),
+        owner: worker_id(),
+        options: ScanOptions::default(),
+        shutdown,
+        config_digest: loaded.digest(),
+        segmented: false,
+    }
+}
+
+/// This process as a lease owner and report worker: `user@host/pid`.
+pub fn worker_id() -> String {
+    format!("{}/{}", started_by(), std::process::id())
+}
+
+/// Drives a run a worker claimed from the fleet's queue: its datasets' trees digested in
+/// segments any worker may take, then compared, queued and repaired as a one-shot run
+/// does; the report is stored for whoever waits on it. The caller handles failures.
+pub async fn drive_submitted(
+    loaded: &Loaded,
+    control: &driftless_control::ControlPlane,
+    claimed: &driftless_control::ClaimedRun,
+    shutdown: driftless_engine::Shutdown,
+) -> Result<RunReport, anyhow::Error> {
+    let selection = selection_from_json(claimed.scope.as_deref().unwrap_or("{}"))?;
+    let plans = plans(loaded, &selection, claimed.mode, selection.dry_run).await?;
+    let mut ctx = context(loaded, control, &claimed.run_id, claimed.mode, &selection, shutdown);
+    ctx.segmented = true;
+    let mut reports = Vec::new();
+    for plan in &plans {
+        reports.push(run_dataset(plan, &ctx).await?);
+    }
+    let mut workers = control.run_workers(&claimed.run_id).await?;
+    if !workers.contains(&ctx.owner) {
+        workers.push(ctx.owner.clone());
+        workers.sort();
+    }
+    let mut report = RunReport {
+        run_id: claimed.run_id.clone(),
+        status: RunStatus::Consistent,
+        mode: claimed.mode,
+        workers,
+        datasets: reports,
+    };
+    report.status = report.status_of();
+    lifecycle::finish_submitted(control, &report).await?;
     Ok(report)
 }
 
@@ -294,7 +370,7 @@ async fn write_metrics(metrics: &Metrics, args: &MetricsArgs) -> Result<()> {
 }
 
 /// `user@host` of this process, for the run record.
-fn started_by() -> String {
+pub fn started_by() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());

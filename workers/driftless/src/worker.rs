@@ -1,0 +1,196 @@
+//! `driftless worker`: the fleet's long-running process. Under one supervisor it steps a
+//! run driver (claims a submitted run and drives it, holding the run by a heartbeated lease)
+//! and `--concurrency` segment digesters (claim any running run's segments), until SIGTERM
+//! or Ctrl-C; then it hands back what it holds, so that another worker takes it at once.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Result;
+use async_trait::async_trait;
+use driftless_control::{ClaimedRun, ControlPlane};
+use driftless_engine::context::now_us;
+use driftless_engine::lifecycle;
+use driftless_engine::segment::SegmentWorker;
+use driftless_engine::{EngineError, Mode, Shutdown, Supervisor, WorkContext, Worker, WorkerState};
+use tracing::{info, warn};
+
+use crate::config::{self, Loaded};
+use crate::open::open_control;
+use crate::run::{self, Selection};
+use crate::{Role, WorkerArgs, signals};
+
+/// How long a driver with no run to claim waits before looking again.
+const RUN_POLL: Duration = Duration::from_millis(500);
+/// How long a step waits after the control plane failed, before trying again.
+const CONTROL_RETRY: Duration = Duration::from_secs(1);
+
+/// Runs the worker until a stop signal; `Ok(false)`: it stopped cleanly.
+pub async fn run(args: &WorkerArgs) -> Result<bool> {
+    let loaded = config::load(&args.config)?;
+    let control = open_control(&loaded).await?;
+    let owner = run::worker_id();
+    let lease = Duration::from_secs(loaded.config.repair_settings().lease_secs.max(1));
+    let shutdown = signals::listen(loaded.config.shutdown_grace());
+    let modes: Vec<Mode> = args
+        .roles
+        .iter()
+        .map(|r| match r {
+            Role::Scan => Mode::Scan,
+            Role::Repair => Mode::Repair,
+        })
+        .collect();
+    let mut digesters = Vec::new();
+    if modes.contains(&Mode::Scan) {
+        let readable = run::plans(&loaded, &Selection::default(), Mode::Scan, false).await?;
+        let plans: HashMap<_, _> = readable.into_iter().map(|p| (p.name.clone(), p)).collect();
+        for _ in 0..args.concurrency.max(1) {
+            let (plans, control, owner) = (plans.clone(), control.clone(), owner.clone());
+            digesters.push(SegmentWorker::new(plans, control, owner, loaded.digest(), lease));
+        }
+    }
+    let mut driver = RunDriver {
+        loaded: &loaded,
+        control: control.clone(),
+        owner: owner.clone(),
+        modes: modes.clone(),
+        lease,
+        shutdown: shutdown.clone(),
+    };
+    let names: Vec<&str> = modes.iter().map(|m| m.as_str()).collect();
+    eprintln!(
+        "driftless: worker {owner} started (roles {}, {} segment digesters)",
+        names.join(","),
+        digesters.len()
+    );
+    let mut supervisor = Supervisor::new(&shutdown);
+    supervisor.add(&mut driver);
+    for d in &mut digesters {
+        supervisor.add(d);
+    }
+    let result = supervisor.run().await;
+    let handed_back = hand_back(&control, &owner).await;
+    match result {
+        Ok(()) => Ok(false),
+        Err(EngineError::Interrupted(why)) => {
+            eprintln!("driftless: worker {owner} stopped ({why}); {handed_back} leases handed back");
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Hands back every run, segment and queue entry `owner` holds; returns how many.
+async fn hand_back(control: &ControlPlane, owner: &str) -> u64 {
+    let mut n = 0;
+    match control.release_worker(owner).await {
+        Ok(k) => n += k,
+        Err(e) => warn!(error = %e, "could not hand back this worker's runs and segments"),
+    }
+    match control.release_owner(owner).await {
+        Ok(k) => n += k,
+        Err(e) => warn!(error = %e, "could not hand back this worker's queue entries"),
+    }
+    n
+}
+
+/// Claims submitted runs of its modes and drives them one at a time.
+struct RunDriver<'a> {
+    loaded: &'a Loaded,
+    control: ControlPlane,
+    owner: String,
+    modes: Vec<Mode>,
+    lease: Duration,
+    shutdown: Shutdown,
+}
+
+#[async_trait]
+impl Worker for RunDriver<'_> {
+    fn name(&self) -> String {
+        "runs".to_owned()
+    }
+
+    async fn work(&mut self, _cx: &WorkContext) -> Result<WorkerState, EngineError> {
+        if self.modes.is_empty() {
+            return Ok(WorkerState::Done);
+        }
+        let now = now_us();
+        let claimed = match self
+            .control
+            .claim_run(&self.owner, &self.modes, now, now + micros(self.lease))
+            .await
+        {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(WorkerState::Idle(RUN_POLL)),
+            Err(e) => {
+                warn!(error = %e, "could not claim a run; trying again");
+                return Ok(WorkerState::Idle(CONTROL_RETRY));
+            }
+        };
+        info!(run = %claimed.run_id, mode = %claimed.mode, "driving a submitted run");
+        if let Err(e) = self.control.add_worker(&claimed.run_id, &self.owner).await {
+            warn!(error = %e, "could not record this worker in the run");
+        }
+        if claimed.config_digest != self.loaded.digest() {
+            let reason = format!(
+                "it was submitted with another version of the config than worker {}'s {}; \
+                 run every worker with the same config",
+                self.owner,
+                self.loaded.path.display()
+            );
+            lifecycle::fail_submitted(&self.control, &claimed.run_id, &self.owner, &reason).await;
+            return Ok(WorkerState::Busy);
+        }
+        let drive = run::drive_submitted(self.loaded, &self.control, &claimed, self.shutdown.clone());
+        let outcome = tokio::select! {
+            result = drive => Some(result),
+            () = keep_lease(&self.control, &claimed, &self.owner, self.lease) => None,
+        };
+        match outcome {
+            None => warn!(run = %claimed.run_id, "lost the run's lease; another worker drives it now"),
+            Some(Ok(report)) => info!(run = %claimed.run_id, status = %report.status, "run finished"),
+            Some(Err(e)) => self.failed(&claimed, e).await?,
+        }
+        Ok(WorkerState::Busy)
+    }
+}
+
+impl RunDriver<'_> {
+    /// A run that ended in an error: a stop signal hands it back for another worker (and
+    /// stops this one); any other error fails the run, with the reason stored as its report.
+    async fn failed(&self, claimed: &ClaimedRun, error: anyhow::Error) -> Result<(), EngineError> {
+        if let Some(EngineError::Interrupted(why)) = error.downcast_ref::<EngineError>() {
+            hand_back(&self.control, &self.owner).await;
+            return Err(EngineError::Interrupted(why.clone()));
+        }
+        let reason = format!("{error:#}");
+        warn!(run = %claimed.run_id, error = %reason, "run failed");
+        lifecycle::fail_submitted(&self.control, &claimed.run_id, &self.owner, &reason).await;
+        Ok(())
+    }
+}
+
+/// Renews the run's lease every third of it; returns when the lease is lost: taken by
+/// another worker, or not renewed for a whole lease because the control plane was out of
+/// reach (its work may already be someone else's, so this worker must stop writing).
+async fn keep_lease(control: &ControlPlane, claimed: &ClaimedRun, owner: &str, lease: Duration) {
+    let mut renewed = now_us();
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        let now = now_us();
+        match control.renew_run(&claimed.run_id, owner, now + micros(lease)).await {
+            Ok(true) => renewed = now,
+            Ok(false) => return,
+            Err(e) => {
+                warn!(error = %e, "could not renew the run's lease");
+                if now - renewed >= micros(lease) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}

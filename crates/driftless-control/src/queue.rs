@@ -552,8 +552,30 @@ impl ControlPlane {
 
     /// Every entry of a stage in `state`, in key order, for reports.
     pub async fn entries(&self, dataset: &str, stage: &str, state: &str) -> Result<Vec<EntryRecord>, ControlError> {
+        self.entries_of(None, dataset, stage, state).await
+    }
+
+    /// The entries of a stage in `state` that run `run_id` detected last, in key order.
+    pub async fn run_entries(
+        &self,
+        run_id: &str,
+        dataset: &str,
+        stage: &str,
+        state: &str,
+    ) -> Result<Vec<EntryRecord>, ControlError> {
+        self.entries_of(Some(run_id), dataset, stage, state).await
+    }
+
+    async fn entries_of(
+        &self,
+        run_id: Option<&str>,
+        dataset: &str,
+        stage: &str,
+        state: &str,
+    ) -> Result<Vec<EntryRecord>, ControlError> {
         const SQL: &str = "SELECT key_bytes, key_json, kind, state, attempts, last_error FROM divergences \
-                           WHERE dataset = $1 AND stage = $2 AND state = $3 ORDER BY key_bytes";
+                           WHERE dataset = $1 AND stage = $2 AND state = $3 \
+                           AND ($4::text IS NULL OR last_run_id = $4) ORDER BY key_bytes";
         type EntryRow = (Vec<u8>, String, String, String, i64, Option<String>);
         let record = |(key_bytes, key_json, kind, state, attempts, last_error): EntryRow| EntryRecord {
             key_bytes,
@@ -568,13 +590,15 @@ impl ControlPlane {
                 .bind(dataset)
                 .bind(stage)
                 .bind(state)
+                .bind(run_id)
                 .fetch_all(pool)
                 .await
                 .map(|rows| rows.into_iter().map(record).collect()),
-            Db::Sqlite(pool) => sqlx::query_as::<_, EntryRow>(&sqlite_sql(SQL))
+            Db::Sqlite(pool) => sqlx::query_as::<_, EntryRow>(&sqlite_sql(&SQL.replace("$4::text", "$4")))
                 .bind(dataset)
                 .bind(stage)
                 .bind(state)
+                .bind(run_id)
                 .fetch_all(pool)
                 .await
                 .map(|rows| rows.into_iter().map(record).collect()),

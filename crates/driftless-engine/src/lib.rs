@@ -23,6 +23,8 @@
 //!   repair of its queue are workers.
 //! - [`segment`]: a submitted run's trees digested in segments by any worker of the fleet,
 //!   under heartbeated leases, and read back from the recorded leaf digests.
+//! - [`resume`]: a submitted run driven again after its driver died counts what the
+//!   earlier driver repaired.
 //! - [`settle`]: changed object keys whose fingerprints cannot be compared are settled by
 //!   content on both copies before they are reported.
 //!
@@ -40,6 +42,7 @@ pub mod plan;
 pub mod policy;
 pub mod repair;
 pub mod report;
+pub mod resume;
 pub mod run;
 pub mod scan;
 pub mod segment;

@@ -38,6 +38,7 @@ use crate::plan::{CopyRef, DatasetPlan};
 use crate::policy::RepairMode;
 use crate::repair::{RepairStats, RepairWorker, Repairer};
 use crate::report::{DatasetReport, DeadReport, Mode, PlannedReport, RepairStatus, StageRepairReport, StageReport};
+use crate::resume::add_earlier_repairs;
 use crate::scan::{Prepared, ROW_TREE, prepare, resolve_schema, stage_plan, stage_report};
 use crate::segment::prepare_segmented;
 use crate::supervisor::Supervisor;
@@ -303,6 +304,9 @@ async fn run_stage(
         report.repair = Some(repair_report(
             schema, stage, &found, &stats, dead, status, held, held_back,
         ));
+    }
+    if ctx.segmented {
+        add_earlier_repairs(ctx, &plan.name, &found.divergences, &mut report).await?;
     }
     record_metrics(plan, ctx, stage, &report, &found, &stats, held_back).await?;
     Ok(report)

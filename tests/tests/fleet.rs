@@ -181,9 +181,8 @@ async fn a_fleet_repair_survives_twenty_kills_and_applies_every_repair_once() {
     let mut workers: Vec<Child> = (0..3).map(|n| worker(d, n)).collect();
     let run_id = submit(d);
     let mut rng = Rng::new(0xF1EE7);
-    let mut started = workers.len();
     let mut hit_running = 0;
-    for _ in 0..KILLS {
+    for kill in 0..KILLS {
         tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
         if !finished(&control, &run_id).await {
             hit_running += 1;
@@ -192,8 +191,7 @@ async fn a_fleet_repair_survives_twenty_kills_and_applies_every_repair_once() {
         let mut gone = workers.swap_remove(victim);
         gone.kill().unwrap();
         gone.wait().unwrap();
-        workers.push(worker(d, started));
-        started += 1;
+        workers.push(worker(d, 3 + kill));
     }
     assert!(
         hit_running >= 20,

@@ -9,12 +9,15 @@
 //! - this file: connecting and migrating, and runs: their start, scope, per-stage results,
 //!   holds by the breaker and approvals.
 //! - [`queue`]: the divergence queue (upsert on detection, leases, backoff, dead entries).
+//! - [`leases`]: queue leases renewed, handed back, taken back from dead repairers
+//!   (poison entries counted as attempts, parked dead).
 //! - [`ledger`]: the repair ledger, settled in one transaction with the queue entry.
 //! - [`fleet`]: runs submitted for workers and their leases, datasets' plans, segments,
 //!   the workers that took part, stored reports.
 //! - [`status`]: the typed mode and statuses of runs and stage repairs.
 
 pub mod fleet;
+pub mod leases;
 pub mod ledger;
 pub mod queue;
 pub mod status;

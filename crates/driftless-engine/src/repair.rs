@@ -129,6 +129,21 @@ impl Worker for RepairWorker<'_> {
         let r = &self.repairer;
         let now = now_us();
         let lease_until = now.saturating_add(secs_us(r.ctx.settings.lease_secs));
+        let max_attempts = r.ctx.settings.backoff.max_attempts;
+        let reaped = r
+            .ctx
+            .control
+            .reap_lapsed(r.dataset, r.stage, now, max_attempts)
+            .await
+            .map_err(|e| r.control_err(e))?;
+        if reaped > 0 {
+            tracing::info!(
+                dataset = r.dataset,
+                stage = r.stage,
+                reaped,
+                "took back entries whose repairer died"
+            );
+        }
         let leased = r
             .ctx
             .control
@@ -144,7 +159,24 @@ impl Worker for RepairWorker<'_> {
             .await
             .map_err(|e| r.control_err(e))?;
         if !leased.is_empty() {
-            r.batch(leased, &mut self.stats).await?;
+            let lease = Duration::from_secs(r.ctx.settings.lease_secs.max(1));
+            tokio::select! {
+                done = r.batch(leased, &mut self.stats) => done?,
+                () = r.keep_leases(lease) => {
+                    return Err(EngineError::Control {
+                        dataset: r.dataset.to_owned(),
+                        error: driftless_control::ControlError::Query {
+                            location: "the control plane".into(),
+                            reason: format!(
+                                "unreachable for longer than the {} s lease; stopped writing stage {:?}, \
+                                 whose entries may be another repairer's by now",
+                                lease.as_secs(),
+                                r.stage
+                            ),
+                        },
+                    });
+                }
+            }
             // Detection paused on backpressure may go on.
             cx.signal();
             return Ok(WorkerState::Busy);
@@ -169,6 +201,30 @@ impl Worker for RepairWorker<'_> {
 }
 
 impl Repairer<'_> {
+    /// Renews this repairer's leases every third of the lease while a batch runs (a slow
+    /// pace may hold one longer than the lease). Returns only when they could not be renewed
+    /// for a whole lease: another repairer may hold them by then.
+    async fn keep_leases(&self, lease: Duration) {
+        let mut renewed = now_us();
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            let now = now_us();
+            let until = now.saturating_add(lease.as_micros() as i64);
+            match self
+                .ctx
+                .control
+                .renew_leases(self.dataset, self.stage, &self.ctx.owner, until)
+                .await
+            {
+                Ok(_) => renewed = now,
+                Err(e) if now - renewed < lease.as_micros() as i64 => {
+                    tracing::warn!(error = %e, "could not renew the batch's leases; trying again");
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
     fn control_err(&self, error: driftless_control::ControlError) -> EngineError {
         EngineError::Control {
             dataset: self.dataset.to_owned(),

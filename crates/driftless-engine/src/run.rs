@@ -159,9 +159,13 @@ async fn run_stage(
     let duplicates = duplicate_commits(plan, schema, stage).await?;
     let freed = ctx
         .control
-        .release_orphans(&plan.name, &stage.name, now_us(), |owner| {
-            owner_is_dead(owner, &ctx.owner)
-        })
+        .release_orphans(
+            &plan.name,
+            &stage.name,
+            now_us(),
+            ctx.settings.backoff.max_attempts,
+            |owner| owner_is_dead(owner, &ctx.owner),
+        )
         .await
         .map_err(control_err)?;
     if freed > 0 {

@@ -7,6 +7,9 @@
 //!   every stage consistent.
 //! - SIGTERM: a worker stops within its deadline and hands back its run, segments and queue
 //!   entries at once; another worker finishes the run.
+//! - The control plane's PostgreSQL stopped and started again under a running fleet: the
+//!   workers reconnect and the run completes, each repair applied once; while it is out of
+//!   reach for longer than the lease, no worker writes any stage.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -277,4 +280,104 @@ async fn a_worker_stopped_by_sigterm_hands_its_work_back_at_once() {
     second.wait().unwrap();
     check_report(&shown(d, &run_id), &divergent);
     check_exactly_once(d, &control_url, &divergent).await;
+}
+
+/// A private PostgreSQL server (scripts/pg-server) that the test can stop and start.
+struct Server {
+    dir: String,
+    url: String,
+}
+
+impl Server {
+    fn script() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-server")
+    }
+
+    fn init() -> Server {
+        let out = Command::new(Self::script()).arg("init").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines();
+        let (dir, url) = (lines.next().unwrap().to_owned(), lines.next().unwrap().to_owned());
+        Server { dir, url }
+    }
+
+    fn run(&self, what: &str) {
+        let status = Command::new(Self::script()).args([what, &self.dir]).status().unwrap();
+        assert!(status.success(), "pg-server {what}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new(Self::script()).args(["remove", &self.dir]).status();
+    }
+}
+
+/// Writes the stages have received so far.
+async fn stage_writes(dir: &Path) -> usize {
+    let mut n = 0;
+    for stage in STAGES {
+        let rows = sqlite_rows(&dir.join(format!("{stage}.db")), "SELECT count(*) FROM write_log").await;
+        n += rows[0][0].parse::<usize>().unwrap();
+    }
+    n
+}
+
+async fn wait_for_writes(dir: &Path, at_least: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while stage_writes(dir).await < at_least {
+        assert!(Instant::now() < deadline, "the fleet never made {at_least} writes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fleet_rides_out_a_control_plane_restart_and_stops_writing_when_cut_off() {
+    const ROWS: i64 = 200_000;
+    const LEASE: Duration = Duration::from_secs(4);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::init();
+    let repair = format!("[repair]\nbatch_keys = 16\nlease_secs = {}\n", LEASE.as_secs());
+    let policy = "repair = { rate_per_sec = 100.0, burst = 16, max_divergence_ratio = 0.5 }";
+    let divergent = world(d, ROWS, &server.url, &repair, policy).await;
+    let total: usize = divergent.values().sum();
+    let mut workers: Vec<Child> = (0..3).map(|n| worker(d, n)).collect();
+    let run_id = submit(d);
+
+    // A short outage, well within the lease.
+    wait_for_writes(d, 32).await;
+    server.run("stop");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.run("start");
+
+    // A long one: once the lease has run out, no stage is written until it is back.
+    let before = stage_writes(d).await;
+    wait_for_writes(d, before + 64).await;
+    server.run("stop");
+    tokio::time::sleep(LEASE + Duration::from_secs(2)).await;
+    let cut_off = stage_writes(d).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        stage_writes(d).await,
+        cut_off,
+        "a stage was written while the control plane was out of reach"
+    );
+    assert!(cut_off < total, "the repair finished before the outage");
+    server.run("start");
+
+    let control = ControlPlane::connect(&server.url).await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while !matches!(control.run_report(&run_id).await.unwrap(), Some((s, Some(_))) if s.as_str() != "running") {
+        assert!(Instant::now() < deadline, "the run never finished after the restarts");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for w in &mut workers {
+        assert!(w.try_wait().unwrap().is_none(), "a worker died of the outage");
+        w.kill().unwrap();
+        w.wait().unwrap();
+    }
+    check_report(&shown(d, &run_id), &divergent);
+    check_exactly_once(d, &server.url, &divergent).await;
 }

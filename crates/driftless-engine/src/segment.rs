@@ -32,6 +32,8 @@ use crate::worker::{WorkContext, Worker, WorkerState};
 pub const SEGMENT_LEAVES: u32 = 128;
 /// How long a worker with nothing to claim waits before looking again.
 pub const SEGMENT_POLL: Duration = Duration::from_millis(250);
+/// How long a worker waits after the control plane failed, before trying again.
+pub const CONTROL_RETRY: Duration = Duration::from_secs(1);
 /// Datasets' plans a worker keeps resolved (schema, boundaries) between segments.
 const PLANS_CACHED: usize = 32;
 
@@ -378,11 +380,18 @@ impl Worker for SegmentWorker {
     async fn work(&mut self, _cx: &WorkContext) -> Result<WorkerState, EngineError> {
         let now = now_us();
         let until = now + self.lease.as_micros() as i64;
-        let claimed = self
+        let claimed = match self
             .control
             .claim_segment(None, &self.config_digest, &self.owner, now, until)
             .await
-            .map_err(control_err("(fleet)"))?;
+        {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                // The control plane is out of reach (restarting): try again later.
+                warn!(error = %e, "could not claim a segment; trying again");
+                return Ok(WorkerState::Idle(CONTROL_RETRY));
+            }
+        };
         let Some(segment) = claimed else {
             return Ok(WorkerState::Idle(SEGMENT_POLL));
         };

@@ -163,11 +163,28 @@ impl RunDriver<'_> {
             hand_back(&self.control, &self.owner).await;
             return Err(EngineError::Interrupted(why.clone()));
         }
+        if is_control_plane(&error) {
+            // The control plane failed under the run (restarting, unreachable): the run is
+            // not at fault. It is handed back (or, while the control plane is out of reach,
+            // its lease lapses) and driven again, by this worker or another.
+            warn!(run = %claimed.run_id, error = %format!("{error:#}"), "the control plane failed; the run is handed back");
+            hand_back(&self.control, &self.owner).await;
+            tokio::time::sleep(CONTROL_RETRY).await;
+            return Ok(());
+        }
         let reason = format!("{error:#}");
         warn!(run = %claimed.run_id, error = %reason, "run failed");
         lifecycle::fail_submitted(&self.control, &claimed.run_id, &self.owner, &reason).await;
         Ok(())
     }
+}
+
+/// Whether an error came from the control plane rather than the run's copies or config.
+fn is_control_plane(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        e.downcast_ref::<driftless_control::ControlError>().is_some()
+            || matches!(e.downcast_ref::<EngineError>(), Some(EngineError::Control { .. }))
+    })
 }
 
 /// Renews the run's lease every third of it; returns when the lease is lost: taken by

@@ -128,16 +128,30 @@ fn shown(dir: &Path, run_id: &str) -> serde_json::Value {
     show.report()
 }
 
-/// The report found and repaired each stage's divergent keys, each once.
-fn check_report(report: &serde_json::Value, divergent: &BTreeMap<String, usize>) {
+/// The run's report found and repaired each stage's divergent keys, each once: the report
+/// lists the first 1000 (the default `report_limit`), `runs show --all` every one.
+fn check_report(dir: &Path, run_id: &str, divergent: &BTreeMap<String, usize>) {
+    let report = shown(dir, run_id);
     assert_eq!(report["status"], "consistent", "{report}");
+    let all = run_driftless!(dir, &["runs", "show", run_id, "--all", "--report", "json"]);
+    assert_eq!(all.code, Some(0), "{}", all.stderr);
+    let all = all.report();
     for (stage, &n) in divergent {
-        let s = driftless_tests::stage_of(report, stage);
+        let s = driftless_tests::stage_of(&report, stage);
         assert_eq!(s["divergent"], n as u64, "stage {stage}: {}", s["divergent"]);
         assert_eq!(s["repaired"], n as u64, "stage {stage}");
-        let listed = s["divergences"].as_array().unwrap();
+        assert_eq!(s["divergences"].as_array().unwrap().len(), n.min(1000), "stage {stage}");
+        assert_eq!(s["truncated"].as_bool().unwrap_or(false), n > 1000, "stage {stage}");
+        let listed = driftless_tests::stage_of(&all, stage)["divergences"]
+            .as_array()
+            .unwrap()
+            .clone();
         let keys: std::collections::BTreeSet<String> = listed.iter().map(|v| v["key"].to_string()).collect();
-        assert_eq!(keys.len(), n, "stage {stage}: keys listed once each");
+        assert_eq!(
+            (listed.len(), keys.len()),
+            (n, n),
+            "stage {stage}: every key listed once"
+        );
     }
 }
 
@@ -206,8 +220,8 @@ async fn a_fleet_repair_survives_twenty_kills_and_applies_every_repair_once() {
         w.wait().unwrap();
     }
 
+    check_report(d, &run_id, &divergent);
     let report = shown(d, &run_id);
-    check_report(&report, &divergent);
     let took_part = report["workers"].as_array().unwrap().len();
     assert!(took_part > 1, "one worker did everything: {}", report["workers"]);
     let owners: Vec<String> = sqlx::query_scalar("SELECT DISTINCT owner FROM segments WHERE run_id = $1")
@@ -278,7 +292,7 @@ async fn a_worker_stopped_by_sigterm_hands_its_work_back_at_once() {
     wait_finished(&control, &run_id).await;
     second.kill().unwrap();
     second.wait().unwrap();
-    check_report(&shown(d, &run_id), &divergent);
+    check_report(d, &run_id, &divergent);
     check_exactly_once(d, &control_url, &divergent).await;
 }
 
@@ -378,6 +392,6 @@ async fn the_fleet_rides_out_a_control_plane_restart_and_stops_writing_when_cut_
         w.kill().unwrap();
         w.wait().unwrap();
     }
-    check_report(&shown(d, &run_id), &divergent);
+    check_report(d, &run_id, &divergent);
     check_exactly_once(d, &server.url, &divergent).await;
 }

@@ -416,6 +416,44 @@ async fn pushdown_leaves_agree_with_row_digest_leaves() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn pushdown_spans_are_the_whole_trees_leaves() {
+    use driftless_core::Boundaries;
+    use driftless_store::Store;
+    use driftless_store_postgres::PgStore;
+
+    let (pool, url) = fresh_pg_database("driftless_pushdown_span").await;
+    sqlx::raw_sql(
+        "CREATE TABLE ints (k int8 PRIMARY KEY, v text);
+         INSERT INTO ints SELECT g * 3, g::text FROM generate_series(1, 20000) g;
+         CREATE TABLE texts (k text COLLATE \"und-x-icu\" PRIMARY KEY, v int);
+         INSERT INTO texts SELECT n || g, g FROM generate_series(1, 4000) g, unnest(ARRAY['a', 'B', 'ä', 'Z z']) n;
+         CREATE TABLE pairs (a int8, b text, v int, PRIMARY KEY (a, b));
+         INSERT INTO pairs SELECT g % 97, g::text, g FROM generate_series(1, 20000) g;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    for table in ["ints", "texts", "pairs"] {
+        let store = PgStore::open(&url, table).await.unwrap();
+        let schema = store.schema(&[], None).await.unwrap();
+        assert!(store.pushdown_kind(&schema).is_some(), "{table}");
+        let sample = store.sample_keys(&schema, 4000).await.unwrap();
+        let boundaries = Boundaries::from_sample(sample.keys, 50);
+        let whole = store.pushdown_tree(&schema, &boundaries).await.unwrap();
+        let last = boundaries.leaf_count() - 1;
+        // Open-ended first and last spans, interior ones, a single leaf.
+        for (first, end) in [(0, 6), (7, 20), (21, last), (13, 13), (0, last)] {
+            let span = store.pushdown_span(&schema, &boundaries, first, end).await.unwrap();
+            assert_eq!(
+                span,
+                whole.leaves()[first..=end].to_vec(),
+                "{table}: leaves {first}..={end}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn concurrent_scans_record_distinct_runs_in_one_postgres_control_plane() {
     let (pool, url) = fresh_pg_database("driftless_control").await;
     sqlx::raw_sql(

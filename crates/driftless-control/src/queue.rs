@@ -486,7 +486,7 @@ impl ControlPlane {
 
     /// Every entry of a stage in `state`, in key order, for reports.
     pub async fn entries(&self, dataset: &str, stage: &str, state: &str) -> Result<Vec<EntryRecord>, ControlError> {
-        self.entries_of(None, dataset, stage, state).await
+        self.entries_of(None, dataset, stage, Some(state)).await
     }
 
     /// The entries of a stage in `state` that run `run_id` detected last, in key order.
@@ -497,7 +497,18 @@ impl ControlPlane {
         stage: &str,
         state: &str,
     ) -> Result<Vec<EntryRecord>, ControlError> {
-        self.entries_of(Some(run_id), dataset, stage, state).await
+        self.entries_of(Some(run_id), dataset, stage, Some(state)).await
+    }
+
+    /// Every entry of a stage, in any state, that run `run_id` detected last, in key order:
+    /// the run's full list of divergences (a later run that finds a key again takes it).
+    pub async fn run_divergences(
+        &self,
+        run_id: &str,
+        dataset: &str,
+        stage: &str,
+    ) -> Result<Vec<EntryRecord>, ControlError> {
+        self.entries_of(Some(run_id), dataset, stage, None).await
     }
 
     async fn entries_of(
@@ -505,10 +516,10 @@ impl ControlPlane {
         run_id: Option<&str>,
         dataset: &str,
         stage: &str,
-        state: &str,
+        state: Option<&str>,
     ) -> Result<Vec<EntryRecord>, ControlError> {
         const SQL: &str = "SELECT key_bytes, key_json, kind, state, attempts, last_error FROM divergences \
-                           WHERE dataset = $1 AND stage = $2 AND state = $3 \
+                           WHERE dataset = $1 AND stage = $2 AND ($3::text IS NULL OR state = $3) \
                            AND ($4::text IS NULL OR last_run_id = $4) ORDER BY key_bytes";
         type EntryRow = (Vec<u8>, String, String, String, i64, Option<String>);
         let record = |(key_bytes, key_json, kind, state, attempts, last_error): EntryRow| EntryRecord {
@@ -528,7 +539,7 @@ impl ControlPlane {
                 .fetch_all(pool)
                 .await
                 .map(|rows| rows.into_iter().map(record).collect()),
-            Db::Sqlite(pool) => sqlx::query_as::<_, EntryRow>(&sqlite_sql(&SQL.replace("$4::text", "$4")))
+            Db::Sqlite(pool) => sqlx::query_as::<_, EntryRow>(&sqlite_sql(&SQL.replace("::text", "")))
                 .bind(dataset)
                 .bind(stage)
                 .bind(state)

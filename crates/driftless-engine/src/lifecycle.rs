@@ -74,8 +74,9 @@ fn run_start(run: NewRun) -> RunStart {
     }
 }
 
-/// Records how a submitted run finished and stores its report for whoever waits on it.
-pub async fn finish_submitted(control: &ControlPlane, report: &RunReport) -> Result<(), EngineError> {
+/// Records how a run finished (its status and every stage's counts) and stores its report,
+/// for whoever waits on a submitted run and for `runs show`.
+pub async fn record_finished(control: &ControlPlane, report: &RunReport) -> Result<(), EngineError> {
     finish_run(control, report).await?;
     let json = serde_json::to_string(report).map_err(|e| refused(&report.run_id, format!("report: {e}")))?;
     control.store_report(&report.run_id, &json).await.map_err(control_err)

@@ -43,8 +43,12 @@ pub struct StageReport {
     pub divergent: u64,
     /// Divergences repaired in this run.
     pub repaired: u64,
-    /// The divergent keys, in key order.
+    /// The divergent keys, in key order; at most the report limit of them.
     pub divergences: Vec<DivergenceReport>,
+    /// The list of divergences (and of planned writes) was cut at the report limit;
+    /// `divergent` is still the true count.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
     /// What `repair` did to the stage; absent for `scan`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repair: Option<StageRepairReport>,
@@ -112,7 +116,25 @@ pub struct DivergenceReport {
     pub kind: String,
 }
 
+/// Divergences a report lists per stage unless the config says otherwise.
+pub const DEFAULT_REPORT_LIMIT: usize = 1000;
+
 impl RunReport {
+    /// Cuts every stage's lists of divergences and planned writes at `limit` entries,
+    /// marking the stages cut as `truncated`.
+    pub fn limit(&mut self, limit: usize) {
+        for stage in self.datasets.iter_mut().flat_map(|d| &mut d.stages) {
+            let planned = stage.repair.as_ref().map_or(0, |r| r.planned.len());
+            if stage.divergences.len() > limit || planned > limit {
+                stage.truncated = true;
+                stage.divergences.truncate(limit);
+                if let Some(r) = stage.repair.as_mut() {
+                    r.planned.truncate(limit);
+                }
+            }
+        }
+    }
+
     /// Whether the breaker held some stage's writes.
     pub fn held(&self) -> bool {
         self.datasets

@@ -44,7 +44,9 @@ pub async fn add_earlier_repairs(
         added += 1;
     }
     listed.sort_by(|a, b| a.0.cmp(&b.0));
-    report.divergences = listed.into_iter().map(|(_, d)| d).collect();
+    let limit = ctx.options.report_limit;
+    report.truncated |= listed.len() > limit;
+    report.divergences = listed.into_iter().take(limit).map(|(_, d)| d).collect();
     report.divergent += added;
     report.repaired += added;
     if let Some(repair) = report.repair.as_mut().filter(|_| added > 0) {

@@ -295,7 +295,14 @@ async fn run_stage(
         }
     }
 
-    let mut report = stage_report(&stage.name, schema, canonical_rows, stage_rows, &found.divergences);
+    let limit = ctx.options.report_limit;
+    let mut report = stage_report(
+        &stage.name,
+        schema,
+        (canonical_rows, stage_rows),
+        &found.divergences,
+        limit,
+    );
     // Repaired keys count as the row-level divergences they were.
     report.repaired = found
         .divergences
@@ -306,8 +313,9 @@ async fn run_stage(
     if repairing {
         report.status = status.into();
         report.repair = Some(repair_report(
-            schema, stage, &found, &stats, dead, status, held, held_back,
+            schema, stage, &found, &stats, dead, status, held, held_back, limit,
         ));
+        report.truncated |= found.keys.len() > limit && status.plans_only();
     }
     if ctx.segmented {
         add_earlier_repairs(ctx, &plan.name, &found.divergences, &mut report).await?;
@@ -510,6 +518,7 @@ fn repair_report(
     status: RepairStatus,
     reason: Option<String>,
     held_back: Duration,
+    limit: usize,
 ) -> StageRepairReport {
     let key_names = schema.key_names();
     let dead = dead
@@ -526,21 +535,19 @@ fn repair_report(
         .iter()
         .map(|(o, n)| (o.as_str().to_owned(), *n))
         .collect();
-    let planned: Vec<PlannedReport> = if status.plans_only() {
-        found
-            .keys
-            .iter()
-            .map(|k| PlannedReport {
-                key: k.key.to_json(&key_names),
-                kind: k.kind.as_str().to_owned(),
-                action: planned_action(&stage.policy.mode, k).to_owned(),
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    if !planned.is_empty() {
-        outcomes.insert(RepairOutcome::Planned.as_str().to_owned(), planned.len() as u64);
+    let planning = if status.plans_only() { found.keys.len() } else { 0 };
+    let planned: Vec<PlannedReport> = found
+        .keys
+        .iter()
+        .take(planning.min(limit))
+        .map(|k| PlannedReport {
+            key: k.key.to_json(&key_names),
+            kind: k.kind.as_str().to_owned(),
+            action: planned_action(&stage.policy.mode, k).to_owned(),
+        })
+        .collect();
+    if planning > 0 {
+        outcomes.insert(RepairOutcome::Planned.as_str().to_owned(), planning as u64);
     }
     StageRepairReport {
         mode: stage.policy.mode.name().to_owned(),

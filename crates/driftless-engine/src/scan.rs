@@ -37,6 +37,8 @@ pub struct ScanOptions {
     pub progress: Progress,
     /// Rows the scan expects to digest, known after sampling; for progress bars.
     pub expected_rows: Arc<AtomicU64>,
+    /// Divergences (and planned writes) a stage's report lists; the counts stay whole.
+    pub report_limit: usize,
 }
 
 impl Default for ScanOptions {
@@ -45,6 +47,7 @@ impl Default for ScanOptions {
             rows_per_leaf: DEFAULT_ROWS_PER_LEAF,
             progress: Arc::default(),
             expected_rows: Arc::default(),
+            report_limit: crate::report::DEFAULT_REPORT_LIMIT,
         }
     }
 }
@@ -248,9 +251,9 @@ pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<D
         stages.push(stage_report(
             &stage.name,
             &prepared.schema,
-            sp.canonical_rows,
-            sp.stage_rows,
+            (sp.canonical_rows, sp.stage_rows),
             &divergences,
+            options.report_limit,
         ));
     }
     Ok(DatasetReport {
@@ -259,17 +262,19 @@ pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<D
     })
 }
 
-/// A stage's report from its row-level divergences, before any repair.
+/// A stage's report from its row-level divergences, before any repair: `rows` of canonical
+/// and the stage, and the first `limit` divergences listed.
 pub fn stage_report(
     stage: &str,
     schema: &Schema,
-    canonical_rows: u64,
-    stage_rows: u64,
+    (canonical_rows, stage_rows): (u64, u64),
     divergences: &[driftless_core::Divergence],
+    limit: usize,
 ) -> StageReport {
     let key_names = schema.key_names();
-    let divergences: Vec<DivergenceReport> = divergences
+    let listed: Vec<DivergenceReport> = divergences
         .iter()
+        .take(limit)
         .map(|d| DivergenceReport {
             key: d.key.to_json(&key_names),
             kind: d.kind.as_str().to_owned(),
@@ -286,7 +291,8 @@ pub fn stage_report(
         stage_rows,
         divergent: divergences.len() as u64,
         repaired: 0,
-        divergences,
+        truncated: listed.len() < divergences.len(),
+        divergences: listed,
         repair: None,
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! The worker driving a run plans each dataset once ([`prepare_segmented`]): canonical's
 //! boundaries are cut as for a one-shot scan and recorded with the run, and every tree the
-//! comparison needs is split into segments of [`SEGMENT_LEAVES`] leaves (a push-down tree,
-//! one grouped query in the database, is one segment). Any worker claims a segment, digests
+//! comparison needs is split into segments of [`SEGMENT_LEAVES`] leaves (a push-down
+//! segment is one grouped query over that key range, in the database). Any worker claims a segment, digests
 //! that range of that copy while renewing its lease by heartbeat, and records the segment's
 //! leaf digests with it done. A segment whose worker died is claimed again once its lease
 //! lapses; one whose worker stopped is handed back at once. When every segment is done the
@@ -63,16 +63,16 @@ pub fn decode_boundaries(mut bytes: &[u8], rows: u64) -> Option<Boundaries> {
     Some(Boundaries::from_sorted(keys).expecting(rows))
 }
 
-/// The segments of a dataset's trees: `(copy label, first leaf, last leaf)`.
+/// The segments of a dataset's trees: `(copy label, first leaf, last leaf)`, every tree
+/// cut every [`SEGMENT_LEAVES`] leaves.
 pub fn segments_of(jobs: &TreeJobs, leaves: usize) -> Vec<(String, u32, u32)> {
     let last = leaves.saturating_sub(1) as u32;
     jobs.trees
         .iter()
         .flat_map(|job| {
-            let step = if job.in_place { last + 1 } else { SEGMENT_LEAVES };
             (0..=last)
-                .step_by(step.max(1) as usize)
-                .map(move |first| (job.label(), first, (first + step - 1).min(last)))
+                .step_by(SEGMENT_LEAVES as usize)
+                .map(move |first| (job.label(), first, (first + SEGMENT_LEAVES - 1).min(last)))
         })
         .collect()
 }
@@ -162,9 +162,15 @@ async fn leaves_of(
     };
     let (first, last) = (segment.leaf_first as usize, segment.leaf_last as usize);
     let (schema, boundaries) = (&*resolved.schema, &*resolved.boundaries);
-    let tree = if job.in_place {
-        job.store.pushdown_tree(schema, boundaries).await.map_err(store_err)?
-    } else {
+    if job.in_place {
+        let leaves = job
+            .store
+            .pushdown_span(schema, boundaries, first, last)
+            .await
+            .map_err(store_err)?;
+        return Ok(leaves.iter().map(|a| (a.count, a.sum)).collect());
+    }
+    let tree = {
         let mut leaves = LeafBuilder::new(boundaries);
         let mut stream = job
             .store

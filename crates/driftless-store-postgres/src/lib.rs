@@ -252,6 +252,7 @@ async fn pushdown_rows(
     pool: &PgPool,
     text: &str,
     thresholds: pushdown::Thresholds,
+    range: Vec<sql::Bind>,
     leaves: usize,
 ) -> Result<Vec<PgRow>, sqlx::Error> {
     let mut tx = pool.begin().await?;
@@ -261,9 +262,59 @@ async fn pushdown_rows(
     for setting in ["SET TRANSACTION READ ONLY", &work_mem, "SET LOCAL enable_sort = off"] {
         sqlx::query(setting).persistent(false).execute(&mut *tx).await?;
     }
-    let rows = thresholds.bind_to(sqlx::query(text)).fetch_all(&mut *tx).await?;
+    let mut query = thresholds.bind_to(sqlx::query(text));
+    for b in range {
+        query = b.bind_to(query);
+    }
+    let rows = query.fetch_all(&mut *tx).await?;
     tx.commit().await?;
     Ok(rows)
+}
+
+impl PgStore {
+    /// Push-down leaf aggregates over `boundaries`, of the rows in `range` when given.
+    async fn pushdown_leaves(
+        &self,
+        schema: &Schema,
+        boundaries: &Boundaries,
+        range: Option<KeyRange>,
+    ) -> Result<Vec<Aggregate>, StoreError> {
+        let (quoted, table) = self.table_columns().await?;
+        let columns = schema
+            .key
+            .iter()
+            .chain(&schema.values)
+            .map(|c| {
+                self.find(&table, &c.name, "compared").map(|t| HashedColumn {
+                    name: &t.name,
+                    pg_type: &t.ty,
+                    not_null: t.not_null,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (_, probe) = pushdown::query(&quoted, schema, &columns, boundaries).map_err(|r| self.schema_err(r))?;
+        let (from, binds) = match &range {
+            Some(r) => pushdown::range_table(&quoted, schema, r, probe.params() + 1).map_err(|r| self.schema_err(r))?,
+            None => (quoted.clone(), Vec::new()),
+        };
+        let (text, thresholds) =
+            pushdown::query(&from, schema, &columns, boundaries).map_err(|r| self.schema_err(r))?;
+        let rows = pushdown_rows(&self.pool, &text, thresholds, binds, boundaries.leaf_count())
+            .await
+            .map_err(|e| self.read_err(&e))?;
+        let mut leaves = vec![Aggregate::default(); boundaries.leaf_count()];
+        for row in rows {
+            let (leaf, count, sum): (i32, i64, Option<String>) = (row.get(0), row.get(1), row.get(2));
+            let slot = usize::try_from(leaf)
+                .ok()
+                .and_then(|i| leaves.get_mut(i))
+                .ok_or_else(|| {
+                    self.schema_err(format!("push-down returned leaf {leaf} of {}", boundaries.leaf_count()))
+                })?;
+            *slot = pushdown::aggregate(count, sum.as_deref().unwrap_or("0")).map_err(|r| self.read_failed(r))?;
+        }
+        Ok(leaves)
+    }
 }
 
 /// A sqlx error as a message that never carries the connection URL.
@@ -458,36 +509,21 @@ impl Store for PgStore {
     }
 
     async fn pushdown_tree(&self, schema: &Schema, boundaries: &Boundaries) -> Result<Tree, StoreError> {
-        let (quoted, table) = self.table_columns().await?;
-        let columns = schema
-            .key
-            .iter()
-            .chain(&schema.values)
-            .map(|c| {
-                self.find(&table, &c.name, "compared").map(|t| HashedColumn {
-                    name: &t.name,
-                    pg_type: &t.ty,
-                    not_null: t.not_null,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let (text, thresholds) =
-            pushdown::query(&quoted, schema, &columns, boundaries).map_err(|r| self.schema_err(r))?;
-        let rows = pushdown_rows(&self.pool, &text, thresholds, boundaries.leaf_count())
+        Ok(Tree::from_leaves(self.pushdown_leaves(schema, boundaries, None).await?))
+    }
+
+    async fn pushdown_span(
+        &self,
+        schema: &Schema,
+        boundaries: &Boundaries,
+        first: usize,
+        last: usize,
+    ) -> Result<Vec<Aggregate>, StoreError> {
+        // The span's own boundaries: its leaves are leaves `first..=last`, once the rows
+        // outside it are left out.
+        let inner = Boundaries::from_sorted(boundaries.keys()[first..last].to_vec());
+        self.pushdown_leaves(schema, &inner, Some(boundaries.span(first, last)))
             .await
-            .map_err(|e| self.read_err(&e))?;
-        let mut leaves = vec![Aggregate::default(); boundaries.leaf_count()];
-        for row in rows {
-            let (leaf, count, sum): (i32, i64, Option<String>) = (row.get(0), row.get(1), row.get(2));
-            let slot = usize::try_from(leaf)
-                .ok()
-                .and_then(|i| leaves.get_mut(i))
-                .ok_or_else(|| {
-                    self.schema_err(format!("push-down returned leaf {leaf} of {}", boundaries.leaf_count()))
-                })?;
-            *slot = pushdown::aggregate(count, sum.as_deref().unwrap_or("0")).map_err(|r| self.read_failed(r))?;
-        }
-        Ok(Tree::from_leaves(leaves))
     }
 
     async fn fetch(&self, schema: &Schema, keys: &[Key]) -> Result<Vec<(Key, Vec<Value>)>, StoreError> {

@@ -25,13 +25,13 @@
 //! `width_bucket` walks a variable-length array from its start on every probe.
 
 use driftless_core::key::format_uuid;
-use driftless_core::{Aggregate, Boundaries, KeyPart};
+use driftless_core::{Aggregate, Boundaries, KeyPart, KeyRange};
 use driftless_store::Schema;
 use sqlx::Postgres;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 
-use crate::sql::{KeyKind, ident, key_kind};
+use crate::sql::{Bind, KeyKind, ident, key_binds, key_exprs, key_kind, placeholders};
 use crate::wire::Physical;
 
 /// The push-down digest kind; both copies must report it to be compared.
@@ -71,6 +71,14 @@ pub enum Thresholds {
 }
 
 impl Thresholds {
+    /// How many parameters they take: `$1`, or `$1` to `$3`.
+    pub fn params(&self) -> usize {
+        match self {
+            Thresholds::Int(_) | Thresholds::Uuid(_) => 1,
+            Thresholds::Text(..) | Thresholds::Bytes(..) => 3,
+        }
+    }
+
     /// Binds the thresholds to the query.
     pub fn bind_to(self, query: Query<'_, Postgres, PgArguments>) -> Query<'_, Postgres, PgArguments> {
         match self {
@@ -80,6 +88,32 @@ impl Thresholds {
             Thresholds::Bytes(coarse, groups, fine) => query.bind(coarse).bind(groups).bind(fine),
         }
     }
+}
+
+/// The rows of `range` of `table`, as the grouped query's table: a sub-select whose bounds
+/// are parameters numbered from `first`, with their values.
+pub fn range_table(
+    table: &str,
+    schema: &Schema,
+    range: &KeyRange,
+    first: usize,
+) -> Result<(String, Vec<Bind>), String> {
+    let keys = key_exprs(schema).join(", ");
+    let mut binds = Vec::new();
+    let mut clauses = Vec::new();
+    for (bound, op) in [(&range.lo, ">="), (&range.hi, "<")] {
+        if let Some(k) = bound {
+            clauses.push(format!("({keys}) {op} ({})", placeholders(schema, first + binds.len())));
+            binds.extend(key_binds(k)?);
+        }
+    }
+    if clauses.is_empty() {
+        return Ok((table.to_owned(), binds));
+    }
+    Ok((
+        format!("(SELECT * FROM {table} WHERE {}) AS span", clauses.join(" AND ")),
+        binds,
+    ))
 }
 
 /// Whether push-down can place this schema's keys: not when a key column is `bytea`,
@@ -102,9 +136,13 @@ pub fn query(
         .iter()
         .map(|k| k.parts().map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
-    let single = |part: fn(&KeyPart) -> bool| schema.key.len() == 1 && keys.iter().all(|k| k.len() == 1 && part(&k[0]));
+    // Chosen by the key column's type, not only by the boundaries: with no boundaries (one
+    // leaf, or a one-leaf span) every test on them would hold.
+    let single = |kind: KeyKind, part: fn(&KeyPart) -> bool| {
+        schema.key.len() == 1 && key_kind(schema.key[0].ty) == kind && keys.iter().all(|k| k.len() == 1 && part(&k[0]))
+    };
     let grouped = |from: String| format!("SELECT leaf, count(*)::int8, sum(h)::text FROM ({from}) r GROUP BY leaf");
-    if single(|p| matches!(p, KeyPart::Int(_))) {
+    if single(KeyKind::Int, |p| matches!(p, KeyPart::Int(_))) {
         let values = keys.iter().filter_map(|k| match k[0] {
             KeyPart::Int(v) => Some(v),
             _ => None,
@@ -113,7 +151,7 @@ pub fn query(
         let from =
             format!("SELECT pg_catalog.width_bucket({col}, (SELECT $1::int8[])) AS leaf, {hash} AS h FROM {table}");
         Ok((grouped(from), Thresholds::Int(values.collect())))
-    } else if single(|p| matches!(p, KeyPart::Uuid(_))) {
+    } else if single(KeyKind::Uuid, |p| matches!(p, KeyPart::Uuid(_))) {
         let values = keys.iter().filter_map(|k| match &k[0] {
             KeyPart::Uuid(u) => Some(format_uuid(u)),
             _ => None,
@@ -123,7 +161,7 @@ pub fn query(
             "SELECT pg_catalog.width_bucket({col}, (SELECT $1::text[]::uuid[])) AS leaf, {hash} AS h FROM {table}"
         );
         Ok((grouped(from), Thresholds::Uuid(values.collect())))
-    } else if single(|p| matches!(p, KeyPart::Text(_))) {
+    } else if single(KeyKind::Text, |p| matches!(p, KeyPart::Text(_))) {
         let values: Vec<String> = keys
             .into_iter()
             .filter_map(|k| match k.into_iter().next() {

@@ -36,7 +36,7 @@ use std::sync::atomic::AtomicU64;
 
 use async_trait::async_trait;
 use driftless_core::tree::LeafBuilder;
-use driftless_core::{Boundaries, Digest, Key, KeyRange, LogicalType, RowHasher, Tree, Value};
+use driftless_core::{Aggregate, Boundaries, Digest, Key, KeyRange, LogicalType, RowHasher, Tree, Value};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
@@ -191,6 +191,20 @@ pub trait Store: Send + Sync + fmt::Debug {
             location: self.location().to_owned(),
             reason: "this store cannot digest leaves where the data lives".into(),
         })
+    }
+
+    /// The push-down aggregates of leaves `first..=last` of `boundaries` only (a segment of
+    /// the fleet). By default the whole tree is computed and cut; a store that can limit
+    /// the rows it reads to the span does so.
+    async fn pushdown_span(
+        &self,
+        schema: &Schema,
+        boundaries: &Boundaries,
+        first: usize,
+        last: usize,
+    ) -> Result<Vec<Aggregate>, StoreError> {
+        let tree = self.pushdown_tree(schema, boundaries).await?;
+        Ok(tree.leaves()[first..=last.min(tree.leaves().len() - 1)].to_vec())
     }
 
     /// All of `range`, collected; divergent ranges are small enough to hold.

@@ -28,6 +28,10 @@ pub struct Config {
     /// Run-wide repair settings.
     #[serde(default)]
     pub repair: RepairConfig,
+    /// Divergences (and planned writes) a report lists per stage; the counts are always
+    /// whole. Default 1000.
+    #[serde(default)]
+    pub report_limit: Option<usize>,
     /// The datasets, in the order reports list them.
     #[serde(default)]
     pub datasets: Vec<Dataset>,

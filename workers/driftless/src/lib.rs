@@ -144,6 +144,10 @@ enum RunsCommand {
     Show {
         /// The run's id.
         run_id: String,
+        /// List every divergence of a stage whose list the report cut at `report_limit`
+        /// (from the queue: the keys this run detected last).
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         output: OutputArgs,
     },

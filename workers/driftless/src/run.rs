@@ -251,7 +251,8 @@ async fn execute(
         datasets: reports,
     };
     report.status = report.status_of();
-    lifecycle::finish_run(&control, &report).await?;
+    report.limit(report_limit(loaded));
+    lifecycle::record_finished(&control, &report).await?;
     write_metrics(&ctx.metrics, metrics_args).await?;
     Ok(report)
 }
@@ -276,11 +277,22 @@ pub fn context(
         scope: selection.scope.clone(),
         approved: HashMap::new(),
         owner: worker_id(),
-        options: ScanOptions::default(),
+        options: ScanOptions {
+            report_limit: report_limit(loaded),
+            ..ScanOptions::default()
+        },
         shutdown,
         config_digest: loaded.digest(),
         segmented: false,
     }
+}
+
+/// Divergences a report lists per stage.
+fn report_limit(loaded: &Loaded) -> usize {
+    loaded
+        .config
+        .report_limit
+        .unwrap_or(driftless_engine::report::DEFAULT_REPORT_LIMIT)
 }
 
 /// This process as a lease owner and report worker: `user@host/pid`.
@@ -318,7 +330,8 @@ pub async fn drive_submitted(
         datasets: reports,
     };
     report.status = report.status_of();
-    lifecycle::finish_submitted(control, &report).await?;
+    report.limit(report_limit(loaded));
+    lifecycle::record_finished(control, &report).await?;
     Ok(report)
 }
 

@@ -85,12 +85,18 @@ pub async fn runs(args: &RunsArgs) -> Result<bool> {
     let loaded = config::load(&args.config)?;
     let control = open_control(&loaded).await?;
     match &args.command {
-        Some(RunsCommand::Show { run_id, output }) => {
+        Some(RunsCommand::Show { run_id, all, output }) => {
             let Some((status, stored)) = control.run_report(run_id).await? else {
                 bail!("run {run_id} is not recorded in the control plane");
             };
             match stored {
-                Some(text) => render::write(&parse_report(run_id, &text)?, output)?,
+                Some(text) => {
+                    let mut report = parse_report(run_id, &text)?;
+                    if *all {
+                        list_all(&control, &mut report).await?;
+                    }
+                    render::write(&report, output)?;
+                }
                 None => println!("run {run_id}: {status}; no report stored yet"),
             }
             Ok(false)
@@ -106,6 +112,24 @@ pub async fn runs(args: &RunsArgs) -> Result<bool> {
             Ok(false)
         }
     }
+}
+
+/// Replaces each cut list of divergences with the run's whole list from the queue.
+async fn list_all(control: &driftless_control::ControlPlane, report: &mut RunReport) -> Result<()> {
+    for d in &mut report.datasets {
+        for s in d.stages.iter_mut().filter(|s| s.truncated) {
+            let entries = control.run_divergences(&report.run_id, &d.dataset, &s.stage).await?;
+            s.divergences = entries
+                .into_iter()
+                .map(|e| driftless_engine::DivergenceReport {
+                    key: serde_json::from_str(&e.key_json).unwrap_or(Json::String(e.key_json)),
+                    kind: e.kind,
+                })
+                .collect();
+            s.truncated = false;
+        }
+    }
+    Ok(())
 }
 
 fn runs_json(runs: &[driftless_control::RunSummary]) -> Result<String> {

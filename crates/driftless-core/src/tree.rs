@@ -135,12 +135,18 @@ impl Boundaries {
     /// Coalesces sorted leaf indices into the fewest ranges: adjacent leaves become one
     /// range, so a run of divergent leaves is read back in one query.
     pub fn coalesce(&self, leaves: &[usize]) -> Vec<KeyRange> {
+        self.coalesce_at_most(leaves, usize::MAX)
+    }
+
+    /// As [`Boundaries::coalesce`], with at most `max_leaves` leaves a range, so that what
+    /// one re-read holds stays bounded however much of a copy diverges.
+    pub fn coalesce_at_most(&self, leaves: &[usize], max_leaves: usize) -> Vec<KeyRange> {
         let mut out = Vec::new();
         let mut i = 0;
         while i < leaves.len() {
             let first = leaves[i];
             let mut last = first;
-            while i + 1 < leaves.len() && leaves[i + 1] == last + 1 {
+            while i + 1 < leaves.len() && leaves[i + 1] == last + 1 && last + 1 - first < max_leaves {
                 i += 1;
                 last = leaves[i];
             }
@@ -377,6 +383,7 @@ mod tests {
     #[test]
     fn coalesce_merges_adjacent_leaves() {
         let b = Boundaries::from_sample((0..100).map(k).collect(), 10);
+        assert_eq!(b.coalesce_at_most(&[0, 1, 2, 5, 7, 8, 9], 2).len(), 5);
         let ranges = b.coalesce(&[0, 1, 2, 5, 7, 8, 9]);
         assert_eq!(ranges.len(), 3);
         assert_eq!(ranges[0], b.span(0, 2));

@@ -3,12 +3,12 @@
 //! step that leaves the run's live queue for the stage at the high watermark throttles the
 //! worker until a repairer has drained it to the low one.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use driftless_control::Detected;
-use driftless_core::{Divergence, Key, KeyDivergence, KeyRange, by_key};
+use driftless_core::{Divergence, DivergenceKind, Key, KeyDivergence, KeyRange, by_key};
 use driftless_store::{Progress, Schema};
 use tracing::info;
 
@@ -63,13 +63,70 @@ pub(crate) async fn compare_chunk(
     }
 }
 
-/// What detection of one stage found.
+/// What detection of one stage found, in memory bounded by the report limit: counts of
+/// everything, the first divergences and keys in key order (what a report lists), and the
+/// keys themselves only when a repair needs them.
 #[derive(Debug, Default)]
 pub(crate) struct Found {
+    /// Row-level divergences found.
+    pub(crate) divergent: u64,
+    /// Divergent keys found.
+    pub(crate) key_count: u64,
+    /// Row-level divergences that are duplicate commits.
+    pub(crate) duplicates: u64,
+    /// The first row-level divergences, at most the report limit.
     pub(crate) divergences: Vec<Divergence>,
+    /// The first divergent keys, at most the report limit.
     pub(crate) keys: Vec<KeyDivergence>,
+    /// Every divergent key's encoding, kept only for a repair (`None` otherwise).
+    pub(crate) all_keys: Option<HashSet<Vec<u8>>>,
+    /// Keys with more than one row-level divergence, and how many they have.
+    pub(crate) multi: HashMap<Vec<u8>, u64>,
     /// Time detection was paused by backpressure.
     pub(crate) paused: Duration,
+}
+
+impl Found {
+    /// Nothing found yet; `keep_keys` when a repair will ask which keys were found.
+    pub(crate) fn new(keep_keys: bool) -> Found {
+        Found {
+            all_keys: keep_keys.then(HashSet::new),
+            ..Found::default()
+        }
+    }
+
+    /// Adds one chunk's findings, listing at most `limit` of each.
+    fn add(&mut self, divergences: Vec<Divergence>, keys: Vec<KeyDivergence>, limit: usize) {
+        self.divergent += divergences.len() as u64;
+        self.key_count += keys.len() as u64;
+        let mut per_key: HashMap<&[u8], u64> = HashMap::new();
+        for d in &divergences {
+            self.duplicates += u64::from(d.kind == DivergenceKind::Duplicate);
+            *per_key.entry(d.key.as_bytes()).or_default() += 1;
+        }
+        for (key, n) in per_key.into_iter().filter(|(_, n)| *n > 1) {
+            self.multi.insert(key.to_vec(), n);
+        }
+        if let Some(all) = self.all_keys.as_mut() {
+            all.extend(keys.iter().map(|k| k.key.as_bytes().to_vec()));
+        }
+        let room = limit.saturating_sub(self.divergences.len());
+        self.divergences.extend(divergences.into_iter().take(room));
+        let room = limit.saturating_sub(self.keys.len());
+        self.keys.extend(keys.into_iter().take(room));
+    }
+
+    /// Row-level divergences of the `repaired` keys that this detection found.
+    pub(crate) fn repaired_rows(&self, repaired: &HashSet<Vec<u8>>) -> u64 {
+        let Some(all) = &self.all_keys else {
+            return 0;
+        };
+        repaired
+            .iter()
+            .filter(|k| all.contains(*k))
+            .map(|k| self.multi.get(k).copied().unwrap_or(1))
+            .sum()
+    }
 }
 
 /// Detection of one stage, step by step.
@@ -150,8 +207,7 @@ impl DetectWorker<'_> {
                     error,
                 })?;
         }
-        self.found.divergences.extend(divergences);
-        self.found.keys.extend(keys);
+        self.found.add(divergences, keys, ctx.options.report_limit);
         Ok(!queued.is_empty())
     }
 

@@ -8,19 +8,18 @@
 
 use std::collections::HashSet;
 
-use driftless_core::Divergence;
-
 use crate::context::RunContext;
+use crate::detector::Found;
 use crate::error::EngineError;
 use crate::metrics::RepairOutcome;
 use crate::report::{DivergenceReport, StageReport};
 
 /// Adds to `report` the keys of this run that an earlier driver repaired and that
-/// detection (`found`, in the order the report lists them) did not find again.
-pub async fn add_earlier_repairs(
+/// detection (`found`) did not find again.
+pub(crate) async fn add_earlier_repairs(
     ctx: &RunContext,
     dataset: &str,
-    found: &[Divergence],
+    found: &Found,
     report: &mut StageReport,
 ) -> Result<(), EngineError> {
     let earlier = ctx
@@ -31,14 +30,16 @@ pub async fn add_earlier_repairs(
             dataset: dataset.to_owned(),
             error,
         })?;
-    let seen: HashSet<&[u8]> = found.iter().map(|d| d.key.as_bytes()).collect();
+    let none = HashSet::new();
+    let seen = found.all_keys.as_ref().unwrap_or(&none);
     let mut listed: Vec<(Vec<u8>, DivergenceReport)> = found
+        .divergences
         .iter()
         .map(|d| d.key.as_bytes().to_vec())
         .zip(std::mem::take(&mut report.divergences))
         .collect();
     let mut added = 0u64;
-    for entry in earlier.into_iter().filter(|e| !seen.contains(e.key_bytes.as_slice())) {
+    for entry in earlier.into_iter().filter(|e| !seen.contains(&e.key_bytes)) {
         let key = serde_json::from_str(&entry.key_json).unwrap_or(serde_json::Value::String(entry.key_json));
         listed.push((entry.key_bytes, DivergenceReport { key, kind: entry.kind }));
         added += 1;

@@ -212,7 +212,7 @@ async fn run_stage(
         pausable: early,
         finished: detected.clone(),
         paused_since: None,
-        found: Found::default(),
+        found: Found::new(repairing),
     };
     let mut repair_worker = repairer.map(|repairer| RepairWorker {
         repairer,
@@ -238,7 +238,7 @@ async fn run_stage(
             .map_err(control_err)?;
     }
 
-    let key_count = found.keys.len() as u64;
+    let key_count = found.key_count;
     let mut held = None;
     if let (Some(w), None) = (repair_worker.as_mut(), &stats) {
         if key_count > limit {
@@ -300,25 +300,21 @@ async fn run_stage(
         &stage.name,
         schema,
         (canonical_rows, stage_rows),
-        &found.divergences,
+        (&found.divergences, found.divergent),
         limit,
     );
     // Repaired keys count as the row-level divergences they were.
-    report.repaired = found
-        .divergences
-        .iter()
-        .filter(|d| stats.repaired.contains(d.key.as_bytes()))
-        .count() as u64;
+    report.repaired = found.repaired_rows(&stats.repaired);
     let held_back = found.paused + pacer.as_ref().map_or(Duration::ZERO, Pacer::held_back);
     if repairing {
         report.status = status.into();
         report.repair = Some(repair_report(
             schema, stage, &found, &stats, dead, status, held, held_back, limit,
         ));
-        report.truncated |= found.keys.len() > limit && status.plans_only();
+        report.truncated |= found.key_count > limit as u64 && status.plans_only();
     }
-    if ctx.segmented {
-        add_earlier_repairs(ctx, &plan.name, &found.divergences, &mut report).await?;
+    if ctx.segmented && repairing {
+        add_earlier_repairs(ctx, &plan.name, &found, &mut report).await?;
     }
     record_metrics(plan, ctx, stage, &report, &found, &stats, held_back).await?;
     Ok(report)
@@ -535,11 +531,11 @@ fn repair_report(
         .iter()
         .map(|(o, n)| (o.as_str().to_owned(), *n))
         .collect();
-    let planning = if status.plans_only() { found.keys.len() } else { 0 };
+    let planning = if status.plans_only() { found.key_count } else { 0 };
     let planned: Vec<PlannedReport> = found
         .keys
         .iter()
-        .take(planning.min(limit))
+        .take(if planning > 0 { limit } else { 0 })
         .map(|k| PlannedReport {
             key: k.key.to_json(&key_names),
             kind: k.kind.as_str().to_owned(),
@@ -547,7 +543,7 @@ fn repair_report(
         })
         .collect();
     if planning > 0 {
-        outcomes.insert(RepairOutcome::Planned.as_str().to_owned(), planning as u64);
+        outcomes.insert(RepairOutcome::Planned.as_str().to_owned(), planning);
     }
     StageRepairReport {
         mode: stage.policy.mode.name().to_owned(),
@@ -584,15 +580,10 @@ async fn record_metrics(
 ) -> Result<(), EngineError> {
     let (ds, st) = (plan.name.as_str(), stage.name.as_str());
     let m = &ctx.metrics;
-    let left = (found.keys.len() as u64).saturating_sub(stats.repaired.len() as u64);
+    let left = found.key_count.saturating_sub(stats.repaired.len() as u64);
     m.set_divergent_keys(ds, st, left);
     m.set_consistency(ds, st, report.canonical_rows, report.stage_rows, left);
-    let duplicates = found
-        .divergences
-        .iter()
-        .filter(|d| d.kind == DivergenceKind::Duplicate)
-        .count() as u64;
-    m.add_duplicate_commits(ds, st, duplicates);
+    m.add_duplicate_commits(ds, st, found.duplicates);
     for (outcome, n) in &stats.outcomes {
         m.add_repairs(ds, st, *outcome, *n);
     }

@@ -23,6 +23,9 @@ use crate::report::{DatasetReport, DivergenceReport, StageReport, StageStatus};
 pub const DEFAULT_ROWS_PER_LEAF: u64 = 1000;
 /// The kind of a tree whose leaves sum row digests computed here.
 pub const ROW_TREE: &str = "rows";
+/// The most leaves one re-read of divergent leaves covers (about 64k rows): what a re-read
+/// holds in memory stays bounded when much of a copy diverges.
+const MAX_RANGE_LEAVES: usize = 64;
 /// The most leaves a tree gets, whatever the row count.
 const MAX_LEAVES: u64 = 1 << 16;
 /// Sampled keys per leaf: more samples give more even quantiles.
@@ -229,7 +232,7 @@ pub fn stage_plan(prepared: &Prepared, stage: usize) -> StagePlan {
         .map(|&l| canonical.leaves()[l].count + tree.leaves()[l].count)
         .sum();
     StagePlan {
-        ranges: prepared.boundaries.coalesce(&leaves),
+        ranges: prepared.boundaries.coalesce_at_most(&leaves, MAX_RANGE_LEAVES),
         canonical_rows: canonical.root().count,
         stage_rows: tree.root().count,
         bound,
@@ -252,7 +255,7 @@ pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<D
             &stage.name,
             &prepared.schema,
             (sp.canonical_rows, sp.stage_rows),
-            &divergences,
+            (&divergences, divergences.len() as u64),
             options.report_limit,
         ));
     }
@@ -263,12 +266,13 @@ pub async fn scan_dataset(plan: &DatasetPlan, options: &ScanOptions) -> Result<D
 }
 
 /// A stage's report from its row-level divergences, before any repair: `rows` of canonical
-/// and the stage, and the first `limit` divergences listed.
+/// and the stage; `found`, the first divergences found in key order and how many there
+/// were in all; at most `limit` of them listed.
 pub fn stage_report(
     stage: &str,
     schema: &Schema,
     (canonical_rows, stage_rows): (u64, u64),
-    divergences: &[driftless_core::Divergence],
+    (divergences, total): (&[driftless_core::Divergence], u64),
     limit: usize,
 ) -> StageReport {
     let key_names = schema.key_names();
@@ -282,16 +286,16 @@ pub fn stage_report(
         .collect();
     StageReport {
         stage: stage.to_owned(),
-        status: if divergences.is_empty() {
+        status: if total == 0 {
             StageStatus::Consistent
         } else {
             StageStatus::Drift
         },
         canonical_rows,
         stage_rows,
-        divergent: divergences.len() as u64,
+        divergent: total,
         repaired: 0,
-        truncated: listed.len() < divergences.len(),
+        truncated: (listed.len() as u64) < total,
         divergences: listed,
         repair: None,
     }

@@ -11,7 +11,8 @@
 //!   atomically as a textfile or pushed to a Pushgateway.
 //! - [`pace`]: per-stage pacing of repair writes, a governor rate limit with AIMD.
 //! - [`run`]: a dataset's run against the control plane: detection queued as it goes, and
-//!   for `repair` the breaker, the repairs, backpressure and verification, stage by stage.
+//!   for `repair` the breaker, the repairs, backpressure and verification, stage by stage;
+//!   `outcome` renders what a stage came to as its repair report and metrics.
 //! - [`repair`]: one stage's repairer (lease, re-read canonical, ledger intent, conditional
 //!   write, settle). [`compensate`] compiles compensating statements; [`policy`] holds
 //!   the per-stage policy and run-wide settings; [`detect`] scoped runs and duplicate commits.
@@ -37,6 +38,7 @@ mod detector;
 pub mod error;
 pub mod lifecycle;
 pub mod metrics;
+mod outcome;
 pub mod pace;
 pub mod plan;
 pub mod policy;

@@ -228,7 +228,9 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Scan(args) if args.submit.submit => submit::scan(&args).await,
             Command::Scan(args) => run::scan(&args).await,
+            Command::Repair(args) if args.scan.submit.submit => submit::repair(&args).await,
             Command::Repair(args) => run::repair(&args).await,
             Command::Worker(args) => worker::run(&args).await,
             Command::Runs(args) => submit::runs(&args).await,

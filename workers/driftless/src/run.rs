@@ -42,9 +42,6 @@ pub struct Selection {
 pub async fn scan(args: &ScanArgs) -> Result<bool> {
     let loaded = config::load(&args.config)?;
     let selection = selection(args)?;
-    if args.submit.submit {
-        return crate::submit::submit(&loaded, &selection, Mode::Scan, &args.submit, &args.output).await;
-    }
     let report = execute(&loaded, &selection, Mode::Scan, false, None, &args.metrics).await?;
     render::write(&report, &args.output)?;
     Ok(report.has_drift())
@@ -53,12 +50,7 @@ pub async fn scan(args: &ScanArgs) -> Result<bool> {
 /// Runs a repair; `Ok(true)` when drift is left (held, skipped, dead, or a dry run).
 pub async fn repair(args: &RepairArgs) -> Result<bool> {
     let loaded = config::load(&args.scan.config)?;
-    let mut selection = selection(&args.scan)?;
-    selection.dry_run = args.dry_run;
-    if args.scan.submit.submit {
-        let (submit, output) = (&args.scan.submit, &args.scan.output);
-        return crate::submit::submit(&loaded, &selection, Mode::Repair, submit, output).await;
-    }
+    let selection = selection(&args.scan)?;
     let report = execute(
         &loaded,
         &selection,
@@ -88,7 +80,7 @@ pub async fn scan_loaded(loaded: &Loaded, datasets: &[String], stages: &[String]
 }
 
 /// The selection the flags make, with `--keys` read and `--since` parsed.
-fn selection(args: &ScanArgs) -> Result<Selection> {
+pub fn selection(args: &ScanArgs) -> Result<Selection> {
     let mut scope = Scope::default();
     if let Some(path) = &args.keys {
         scope.keys = Some((path.display().to_string(), read_keys(path)?));

@@ -12,15 +12,33 @@ use serde_json::Value as Json;
 
 use crate::config::{self, Loaded};
 use crate::open::open_control;
-use crate::run::{Selection, check_selection, scope_json, started_by};
-use crate::{OutputArgs, ReportFormat, RunsArgs, RunsCommand, SubmitArgs, render};
+use crate::run::{self, Selection, check_selection, scope_json, started_by};
+use crate::{OutputArgs, RepairArgs, ReportFormat, RunsArgs, RunsCommand, ScanArgs, SubmitArgs, render};
 
 /// How often a waiting `--submit` reads the run's status.
 const WAIT_POLL: Duration = Duration::from_millis(500);
 
+/// `driftless scan --submit`.
+pub async fn scan(args: &ScanArgs) -> Result<bool> {
+    let loaded = config::load(&args.config)?;
+    let selection = run::selection(args)?;
+    submit(&loaded, &selection, Mode::Scan, &args.submit, &args.output).await
+}
+
+/// `driftless repair --submit`.
+pub async fn repair(args: &RepairArgs) -> Result<bool> {
+    if args.approve.is_some() {
+        bail!("--approve continues a held run in this process; it cannot be combined with --submit");
+    }
+    let loaded = config::load(&args.scan.config)?;
+    let mut selection = run::selection(&args.scan)?;
+    selection.dry_run = args.dry_run;
+    submit(&loaded, &selection, Mode::Repair, &args.scan.submit, &args.scan.output).await
+}
+
 /// Queues the run for the fleet; without `--no-wait`, waits for its report and prints it.
 /// `Ok(true)` when drift is left, as the one-shot run would say.
-pub async fn submit(
+async fn submit(
     loaded: &Loaded,
     selection: &Selection,
     mode: Mode,

@@ -4,7 +4,7 @@
 //! machine over the embedded SQLite control plane reports what the one-shot run reports.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use driftless_tests::{divergences, run_driftless, sqlite_exec, stage_of};
 
@@ -67,19 +67,24 @@ async fn reports_are_cut_at_the_limit_and_runs_show_prints_them_whole() {
     assert!(unknown.stderr.contains("no-such-run"), "{}", unknown.stderr);
 }
 
+/// A `driftless worker` in `dir`, its output dropped.
+fn start_worker(dir: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_driftless-under-test"))
+        .args(["worker"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_submitted_over_sqlite_is_done_by_a_worker_on_this_machine() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     world(d).await;
     let oneshot = run_driftless!(d, &["scan", "--report", "json"]);
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_driftless-under-test"))
-        .args(["worker"])
-        .current_dir(d)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut worker = start_worker(d);
     let submitted = run_driftless!(d, &["scan", "--submit", "--report", "json"]);
     worker.kill().unwrap();
     worker.wait().unwrap();
@@ -98,13 +103,7 @@ async fn a_run_submitted_over_sqlite_is_done_by_a_worker_on_this_machine() {
         std::fs::read_to_string(d.join("driftless.toml")).unwrap() + "\n# changed\n",
     )
     .unwrap();
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_driftless-under-test"))
-        .args(["worker"])
-        .current_dir(d)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut worker = start_worker(d);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let shown = loop {
         let shown = run_driftless!(d, &["runs", "show", &run_id]);

@@ -366,60 +366,52 @@ impl ControlPlane {
 
     /// Renews `owner`'s lease of a segment; `false` when it is no longer `owner`'s.
     pub async fn renew_segment(&self, s: &Segment, owner: &str, lease_until_us: i64) -> Result<bool, ControlError> {
-        const SQL: &str = "UPDATE segments SET lease_until_us = $1 WHERE run_id = $2 AND dataset = $3 \
-                           AND copy = $4 AND leaf_first = $5 AND owner = $6 AND state = 'leased'";
-        let n = on_db!(self, |pool, sql| {
-            sqlx::query(&sql(SQL))
-                .bind(lease_until_us)
-                .bind(&s.run_id)
-                .bind(&s.dataset)
-                .bind(&s.copy)
-                .bind(s.leaf_first as i32)
-                .bind(owner)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected())
-        })?;
-        Ok(n == 1)
+        Ok(self
+            .update_held_segment("lease_until_us = $6", s, owner, Some(lease_until_us))
+            .await?
+            == 1)
     }
 
     /// Records a digested segment: its leaves (leaf `leaf_first + i` for the `i`-th), then
     /// the segment `done` if `owner` still holds it. `false` when it did not (another worker
     /// took it over; both wrote the same leaves of the same rows).
     pub async fn finish_segment(&self, s: &Segment, owner: &str, leaves: &[(u64, u128)]) -> Result<bool, ControlError> {
-        const SQL: &str = "UPDATE segments SET state = 'done', lease_until_us = NULL WHERE run_id = $1 \
-                           AND dataset = $2 AND copy = $3 AND leaf_first = $4 AND owner = $5 AND state = 'leased'";
         self.record_leaves_from(&s.run_id, &s.dataset, &s.copy, s.leaf_first, leaves)
             .await?;
-        let n = on_db!(self, |pool, sql| {
-            sqlx::query(&sql(SQL))
-                .bind(&s.run_id)
-                .bind(&s.dataset)
-                .bind(&s.copy)
-                .bind(s.leaf_first as i32)
-                .bind(owner)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected())
-        })?;
-        Ok(n == 1)
+        let set = "state = 'done', lease_until_us = $6";
+        Ok(self.update_held_segment(set, s, owner, None).await? == 1)
     }
 
     /// Hands one segment `owner` holds back, for any worker to claim at once.
     pub async fn release_segment(&self, s: &Segment, owner: &str) -> Result<(), ControlError> {
-        const SQL: &str = "UPDATE segments SET state = 'pending', owner = NULL, lease_until_us = NULL \
-                           WHERE run_id = $1 AND dataset = $2 AND copy = $3 AND leaf_first = $4 AND owner = $5 \
-                           AND state = 'leased'";
+        let set = "state = 'pending', owner = NULL, lease_until_us = $6";
+        self.update_held_segment(set, s, owner, None).await.map(drop)
+    }
+
+    /// Applies `set` (fixed assignments, never input; `$6` is `lease_until_us`) to a segment
+    /// while `owner` holds it; returns how many rows changed (0 or 1).
+    async fn update_held_segment(
+        &self,
+        set: &str,
+        s: &Segment,
+        owner: &str,
+        lease_until_us: Option<i64>,
+    ) -> Result<u64, ControlError> {
+        let text = format!(
+            "UPDATE segments SET {set} WHERE run_id = $1 AND dataset = $2 AND copy = $3 AND leaf_first = $4 \
+             AND owner = $5 AND state = 'leased'"
+        );
         on_db!(self, |pool, sql| {
-            sqlx::query(&sql(SQL))
+            sqlx::query(&sql(&text))
                 .bind(&s.run_id)
                 .bind(&s.dataset)
                 .bind(&s.copy)
                 .bind(s.leaf_first as i32)
                 .bind(owner)
+                .bind(lease_until_us)
                 .execute(pool)
                 .await
-                .map(drop)
+                .map(|r| r.rows_affected())
         })
     }
 

@@ -117,7 +117,12 @@ pub struct RepairWorker<'a> {
     pub detected: Latch,
     /// What its batches came to.
     pub stats: RepairStats,
+    /// When it last took back entries whose repairer died (at most every [`REAP_EVERY`]).
+    pub(crate) reaped_at: Option<std::time::Instant>,
 }
+
+/// How often a repairer looks for entries whose repairer died holding them.
+const REAP_EVERY: Duration = Duration::from_secs(1);
 
 #[async_trait]
 impl Worker for RepairWorker<'_> {
@@ -129,20 +134,9 @@ impl Worker for RepairWorker<'_> {
         let r = &self.repairer;
         let now = now_us();
         let lease_until = now.saturating_add(secs_us(r.ctx.settings.lease_secs));
-        let max_attempts = r.ctx.settings.backoff.max_attempts;
-        let reaped = r
-            .ctx
-            .control
-            .reap_lapsed(r.dataset, r.stage, now, max_attempts)
-            .await
-            .map_err(|e| r.control_err(e))?;
-        if reaped > 0 {
-            tracing::info!(
-                dataset = r.dataset,
-                stage = r.stage,
-                reaped,
-                "took back entries whose repairer died"
-            );
+        if self.reaped_at.is_none_or(|t| t.elapsed() >= REAP_EVERY) {
+            self.reaped_at = Some(std::time::Instant::now());
+            r.reap(now).await?;
         }
         let leased = r
             .ctx
@@ -201,6 +195,27 @@ impl Worker for RepairWorker<'_> {
 }
 
 impl Repairer<'_> {
+    /// Takes back the stage's entries whose repairer died holding them (a lapsed lease),
+    /// each counted as a failed attempt.
+    async fn reap(&self, now: i64) -> Result<(), EngineError> {
+        let max_attempts = self.ctx.settings.backoff.max_attempts;
+        let reaped = self
+            .ctx
+            .control
+            .reap_lapsed(self.dataset, self.stage, now, max_attempts)
+            .await
+            .map_err(|e| self.control_err(e))?;
+        if reaped > 0 {
+            tracing::info!(
+                dataset = self.dataset,
+                stage = self.stage,
+                reaped,
+                "took back entries whose repairer died"
+            );
+        }
+        Ok(())
+    }
+
     /// Renews this repairer's leases every third of the lease while a batch runs (a slow
     /// pace may hold one longer than the lease). Returns only when they could not be renewed
     /// for a whole lease: another repairer may hold them by then.

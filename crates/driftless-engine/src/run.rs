@@ -217,6 +217,7 @@ async fn run_stage(
         repairer,
         detected,
         stats: RepairStats::default(),
+        reaped_at: None,
     });
     let mut supervisor = Supervisor::new(&ctx.shutdown);
     supervisor.add(&mut detector);

@@ -1,6 +1,7 @@
-//! A run's life in the control plane, as every entry point shares it (the command line now;
-//! the worker, the HTTP API and `gate` next): creating a run, approving a held one,
-//! recording how it finished, and abandoning it on an error or a stop signal.
+//! A run's life in the control plane, as every entry point shares it (the command line and
+//! the worker now; the HTTP API and `gate` next): creating a run (or submitting it for the
+//! fleet), approving a held one, recording how it finished with its report, reading that
+//! report back, and abandoning it on an error or a stop signal.
 
 use std::collections::HashMap;
 
@@ -8,7 +9,7 @@ use driftless_control::{ControlError, ControlPlane, Mode, RepairStatus, RunStart
 
 use crate::context::now_us;
 use crate::error::EngineError;
-use crate::report::RunReport;
+use crate::report::{DivergenceReport, RunReport};
 
 /// What a new run is.
 #[derive(Debug, Clone)]
@@ -80,6 +81,68 @@ pub async fn record_finished(control: &ControlPlane, report: &RunReport) -> Resu
     finish_run(control, report).await?;
     let json = serde_json::to_string(report).map_err(|e| refused(&report.run_id, format!("report: {e}")))?;
     control.store_report(&report.run_id, &json).await.map_err(control_err)
+}
+
+/// A run's report as the control plane keeps it.
+#[derive(Debug)]
+pub enum StoredReport {
+    /// No run has that id.
+    Unknown,
+    /// Queued or running: no report yet.
+    Pending(RunStatus),
+    /// Finished, with its report.
+    Finished(Box<RunReport>),
+    /// Failed, with the reason stored in place of a report.
+    Failed(String),
+    /// Ended without leaving a report (one recorded before reports were stored).
+    Missing(RunStatus),
+}
+
+/// Reads a run's stored report. With `all`, each stage's list of divergences that the
+/// report cut at its limit is replaced by the run's whole list from the queue (the keys this
+/// run detected last).
+pub async fn read_report(control: &ControlPlane, run_id: &str, all: bool) -> Result<StoredReport, EngineError> {
+    let Some((status, stored)) = control.run_report(run_id).await.map_err(control_err)? else {
+        return Ok(StoredReport::Unknown);
+    };
+    let Some(text) = stored else {
+        return Ok(match status {
+            RunStatus::Queued | RunStatus::Running => StoredReport::Pending(status),
+            _ => StoredReport::Missing(status),
+        });
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| refused(run_id, format!("its stored report is not JSON: {e}")))?;
+    if let Some(error) = value.get("error").and_then(serde_json::Value::as_str) {
+        return Ok(StoredReport::Failed(error.to_owned()));
+    }
+    let mut report: RunReport = serde_json::from_value(value)
+        .map_err(|e| refused(run_id, format!("its stored report does not read back: {e}")))?;
+    if all {
+        list_all(control, &mut report).await?;
+    }
+    Ok(StoredReport::Finished(Box::new(report)))
+}
+
+/// Replaces each cut list of divergences with the run's whole list from the queue.
+async fn list_all(control: &ControlPlane, report: &mut RunReport) -> Result<(), EngineError> {
+    for d in &mut report.datasets {
+        for s in d.stages.iter_mut().filter(|s| s.truncated) {
+            let entries = control
+                .run_divergences(&report.run_id, &d.dataset, &s.stage)
+                .await
+                .map_err(control_err)?;
+            s.divergences = entries
+                .into_iter()
+                .map(|e| DivergenceReport {
+                    key: serde_json::from_str(&e.key_json).unwrap_or(serde_json::Value::String(e.key_json)),
+                    kind: e.kind,
+                })
+                .collect();
+            s.truncated = false;
+        }
+    }
+    Ok(())
 }
 
 /// Records a submitted run that failed, with the reason in place of its report (what

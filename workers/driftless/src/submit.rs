@@ -5,9 +5,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use driftless_engine::lifecycle::{self, NewRun};
-use driftless_engine::{Mode, RunReport, RunStatus};
+use anyhow::{Result, bail};
+use driftless_control::ControlPlane;
+use driftless_engine::lifecycle::{self, NewRun, StoredReport};
+use driftless_engine::{Mode, RunReport};
 use serde_json::Value as Json;
 
 use crate::config::{self, Loaded};
@@ -63,7 +64,7 @@ async fn submit(
          `driftless runs show {run_id}` reads it later)"
     );
     let report = loop {
-        if let Some(report) = finished_report(&control, &run_id).await? {
+        if let Some(report) = finished_report(&control, &run_id, false).await? {
             break report;
         }
         tokio::time::sleep(WAIT_POLL).await;
@@ -74,28 +75,14 @@ async fn submit(
 
 /// A run's report once it has finished: `None` while it is queued or running, an error
 /// naming the run when it failed or is unknown.
-async fn finished_report(control: &driftless_control::ControlPlane, run_id: &str) -> Result<Option<RunReport>> {
-    let Some((status, stored)) = control.run_report(run_id).await? else {
-        bail!("run {run_id} is not recorded in the control plane");
-    };
-    if matches!(status, RunStatus::Queued | RunStatus::Running) {
-        return Ok(None);
+async fn finished_report(control: &ControlPlane, run_id: &str, all: bool) -> Result<Option<RunReport>> {
+    match lifecycle::read_report(control, run_id, all).await? {
+        StoredReport::Unknown => bail!("run {run_id} is not recorded in the control plane"),
+        StoredReport::Pending(_) => Ok(None),
+        StoredReport::Finished(report) => Ok(Some(*report)),
+        StoredReport::Failed(error) => bail!("run {run_id} failed: {error}"),
+        StoredReport::Missing(status) => bail!("run {run_id} ended with status {status} and left no report"),
     }
-    let Some(text) = stored else {
-        // Finished but reported elsewhere (a one-shot run, or one ended before reports were
-        // stored): only its status is known.
-        bail!("run {run_id} ended with status {status} and left no report");
-    };
-    parse_report(run_id, &text).map(Some)
-}
-
-/// A stored report; a failed run's stored reason becomes the error.
-fn parse_report(run_id: &str, text: &str) -> Result<RunReport> {
-    let value: Json = serde_json::from_str(text).with_context(|| format!("run {run_id}: stored report"))?;
-    if let Some(error) = value.get("error").and_then(Json::as_str) {
-        bail!("run {run_id} failed: {error}");
-    }
-    serde_json::from_value(value).with_context(|| format!("run {run_id}: stored report does not read back"))
 }
 
 /// `driftless runs` and `driftless runs show RUN_ID`.
@@ -104,18 +91,9 @@ pub async fn runs(args: &RunsArgs) -> Result<bool> {
     let control = open_control(&loaded).await?;
     match &args.command {
         Some(RunsCommand::Show { run_id, all, output }) => {
-            let Some((status, stored)) = control.run_report(run_id).await? else {
-                bail!("run {run_id} is not recorded in the control plane");
-            };
-            match stored {
-                Some(text) => {
-                    let mut report = parse_report(run_id, &text)?;
-                    if *all {
-                        list_all(&control, &mut report).await?;
-                    }
-                    render::write(&report, output)?;
-                }
-                None => println!("run {run_id}: {status}; no report stored yet"),
+            match finished_report(&control, run_id, *all).await? {
+                Some(report) => render::write(&report, output)?,
+                None => println!("run {run_id} has not finished; no report yet"),
             }
             Ok(false)
         }
@@ -130,24 +108,6 @@ pub async fn runs(args: &RunsArgs) -> Result<bool> {
             Ok(false)
         }
     }
-}
-
-/// Replaces each cut list of divergences with the run's whole list from the queue.
-async fn list_all(control: &driftless_control::ControlPlane, report: &mut RunReport) -> Result<()> {
-    for d in &mut report.datasets {
-        for s in d.stages.iter_mut().filter(|s| s.truncated) {
-            let entries = control.run_divergences(&report.run_id, &d.dataset, &s.stage).await?;
-            s.divergences = entries
-                .into_iter()
-                .map(|e| driftless_engine::DivergenceReport {
-                    key: serde_json::from_str(&e.key_json).unwrap_or(Json::String(e.key_json)),
-                    kind: e.kind,
-                })
-                .collect();
-            s.truncated = false;
-        }
-    }
-    Ok(())
 }
 
 fn runs_json(runs: &[driftless_control::RunSummary]) -> Result<String> {

@@ -213,7 +213,19 @@ const EXIT_DRIFT: u8 = 2;
 
 /// Runs the command line and returns the exit status.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A usage error exits 1, as every error does: clap's own 2 would read as "drift found"
+    // to a pipeline. `--help` and `--version` still print and exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_ERROR);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_CONSISTENT);
+        }
+    };
     driftless_engine::failpoints_from_env();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DRIFTLESS_LOG").unwrap_or_else(|_| "warn".into()))

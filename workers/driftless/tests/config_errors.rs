@@ -219,3 +219,19 @@ fn a_compensating_statement_with_an_unknown_parameter_names_it() {
     let out = run(dir.path(), &["repair", "--report", "json"]);
     assert_clean_error(&out, &["dataset \"d\"", "stage \"s\"", "compensate.extra", ":idd"]);
 }
+
+#[test]
+fn usage_errors_exit_1_and_help_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["scan", "--no-such-flag"][..],
+        &["no-such-command"],
+        &["scan", "--report", "yaml"],
+    ] {
+        let out = run(dir.path(), args);
+        assert_eq!(out.code, Some(1), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains("error:"), "{args:?}: {}", out.stderr);
+    }
+    let help = run(dir.path(), &["scan", "--help"]);
+    assert_eq!(help.code, Some(0), "{}", help.stderr);
+}

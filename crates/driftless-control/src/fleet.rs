@@ -73,23 +73,6 @@ fn segment_from_row((run_id, dataset, copy, first, last, attempts): SegmentRow) 
     }
 }
 
-/// Runs a statement builder against whichever database the control plane is.
-macro_rules! on_db {
-    ($self:expr, |$pool:ident, $sql:ident| $body:expr) => {{
-        let result: Result<_, sqlx::Error> = match &$self.db {
-            Db::Postgres($pool) => {
-                let $sql = |s: &str| s.to_owned();
-                $body
-            }
-            Db::Sqlite($pool) => {
-                let $sql = sqlite_sql;
-                $body
-            }
-        };
-        result.map_err(|e| $self.query_err(e))
-    }};
-}
-
 impl ControlPlane {
     /// Records a run submitted for the fleet: `queued` until a worker claims it.
     pub async fn queue_run(&self, run: &RunStart) -> Result<(), ControlError> {
@@ -140,13 +123,8 @@ impl ControlPlane {
              WHERE run_id = (SELECT run_id FROM runs WHERE {due} ORDER BY run_id LIMIT 1) \
              RETURNING run_id, mode, config_digest, scope"
         );
-        let row: Option<(String, String, String, Option<String>)> = on_db!(self, |pool, sql| {
-            let text = if matches!(self.db, Db::Postgres(_)) {
-                pg.clone()
-            } else {
-                sql(&sqlite)
-            };
-            sqlx::query_as(&text)
+        let row: Option<(String, String, String, Option<String>)> = on_db!(self, pg: pg, sqlite: sqlite, |pool, text| {
+            sqlx::query_as(text)
                 .bind(owner)
                 .bind(lease_until_us)
                 .bind(now_us)
@@ -212,14 +190,11 @@ impl ControlPlane {
                            WHERE p.run_id = r.run_id AND p.dataset = $1) \
                            ORDER BY r.run_id DESC LIMIT $2";
         type Row = (String, String, String, String, i64, Option<i64>, i64);
-        let rows: Vec<Row> = on_db!(self, |pool, sql| {
-            let text = if matches!(self.db, Db::Postgres(_)) {
-                SQL.replace("$1 IS NULL", "$1::text IS NULL")
-                    .replace("sum(s.divergent), 0)", "sum(s.divergent), 0)::int8")
-            } else {
-                sql(SQL)
-            };
-            sqlx::query_as(&text)
+        let pg = SQL
+            .replace("$1 IS NULL", "$1::text IS NULL")
+            .replace("sum(s.divergent), 0)", "sum(s.divergent), 0)::int8");
+        let rows: Vec<Row> = on_db!(self, pg: pg, sqlite: SQL, |pool, text| {
+            sqlx::query_as(text)
                 .bind(dataset)
                 .bind(i64::from(limit))
                 .fetch_all(pool)
@@ -341,17 +316,12 @@ impl ControlPlane {
              WHERE ctid = ANY(ARRAY(SELECT ctid FROM c)) RETURNING {COLUMNS}",
             DUE.replace("$4 IS NULL", "$4::text IS NULL")
         );
-        let sqlite = sqlite_sql(&format!(
+        let sqlite = format!(
             "UPDATE segments SET state = 'leased', owner = $1, lease_until_us = $2, attempts = attempts + 1 \
              WHERE rowid = (SELECT s.rowid FROM segments s WHERE {DUE} \
              ORDER BY s.run_id, s.dataset, s.leaf_first, s.copy LIMIT 1) RETURNING {COLUMNS}"
-        ));
-        let row: Option<SegmentRow> = on_db!(self, |pool, _sql| {
-            let text = if matches!(self.db, Db::Postgres(_)) {
-                &pg
-            } else {
-                &sqlite
-            };
+        );
+        let row: Option<SegmentRow> = on_db!(self, pg: pg, sqlite: sqlite, |pool, text| {
             sqlx::query_as(text)
                 .bind(owner)
                 .bind(lease_until_us)
@@ -419,13 +389,9 @@ impl ControlPlane {
     pub async fn segments_open(&self, run_id: &str, dataset: &str) -> Result<(i64, i64), ControlError> {
         const SQL: &str = "SELECT coalesce(sum(CASE WHEN state <> 'done' THEN 1 ELSE 0 END), 0), count(*) \
                            FROM segments WHERE run_id = $1 AND dataset = $2";
-        on_db!(self, |pool, sql| {
-            let text = if matches!(self.db, Db::Postgres(_)) {
-                SQL.replace("ELSE 0 END), 0)", "ELSE 0 END), 0)::int8")
-            } else {
-                sql(SQL)
-            };
-            sqlx::query_as(&text).bind(run_id).bind(dataset).fetch_one(pool).await
+        let pg = SQL.replace("ELSE 0 END), 0)", "ELSE 0 END), 0)::int8");
+        on_db!(self, pg: pg, sqlite: SQL, |pool, text| {
+            sqlx::query_as(text).bind(run_id).bind(dataset).fetch_one(pool).await
         })
     }
 

@@ -28,25 +28,16 @@ impl ControlPlane {
     ) -> Result<u64, ControlError> {
         const SQL: &str = "UPDATE divergences SET lease_until_us = $1 \
                            WHERE dataset = $2 AND stage = $3 AND state = 'leased' AND owner = $4";
-        let result = match &self.db {
-            Db::Postgres(pool) => sqlx::query(SQL)
+        on_db!(self, |pool, sql| {
+            sqlx::query(&sql(SQL))
                 .bind(lease_until_us)
                 .bind(dataset)
                 .bind(stage)
                 .bind(owner)
                 .execute(pool)
                 .await
-                .map(|r| r.rows_affected()),
-            Db::Sqlite(pool) => sqlx::query(&sqlite_sql(SQL))
-                .bind(lease_until_us)
-                .bind(dataset)
-                .bind(stage)
-                .bind(owner)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected()),
-        };
-        result.map_err(|e| self.query_err(e))
+                .map(|r| r.rows_affected())
+        })
     }
 
     /// Hands back every entry `owner` holds leased, of any dataset and stage, for another
@@ -55,19 +46,13 @@ impl ControlPlane {
     pub async fn release_owner(&self, owner: &str) -> Result<u64, ControlError> {
         const SQL: &str = "UPDATE divergences SET state = 'pending', owner = NULL, lease_until_us = NULL \
                            WHERE state = 'leased' AND owner = $1";
-        let result = match &self.db {
-            Db::Postgres(pool) => sqlx::query(SQL)
+        on_db!(self, |pool, sql| {
+            sqlx::query(&sql(SQL))
                 .bind(owner)
                 .execute(pool)
                 .await
-                .map(|r| r.rows_affected()),
-            Db::Sqlite(pool) => sqlx::query(&sqlite_sql(SQL))
-                .bind(owner)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected()),
-        };
-        result.map_err(|e| self.query_err(e))
+                .map(|r| r.rows_affected())
+        })
     }
 
     /// Frees the live leases of a stage whose owner `is_dead` says has died (a repairer on
@@ -88,36 +73,29 @@ impl ControlPlane {
             "UPDATE divergences SET {} WHERE dataset = $1 AND stage = $2 AND state = 'leased' AND owner = $3",
             reap_set(4)
         );
-        macro_rules! release {
-            ($pool:expr, $sql:expr) => {
-                async {
-                    let owners: Vec<Option<String>> = sqlx::query_scalar(&$sql(OWNERS))
+        on_db!(self, |pool, sql| {
+            async {
+                let owners: Vec<Option<String>> = sqlx::query_scalar(&sql(OWNERS))
+                    .bind(dataset)
+                    .bind(stage)
+                    .bind(now_us)
+                    .fetch_all(pool)
+                    .await?;
+                let mut freed = 0;
+                for owner in owners.into_iter().flatten().filter(|o| is_dead(o)) {
+                    freed += sqlx::query(&sql(&release))
                         .bind(dataset)
                         .bind(stage)
-                        .bind(now_us)
-                        .fetch_all($pool)
-                        .await?;
-                    let mut freed = 0;
-                    for owner in owners.into_iter().flatten().filter(|o| is_dead(o)) {
-                        freed += sqlx::query(&$sql(&release))
-                            .bind(dataset)
-                            .bind(stage)
-                            .bind(&owner)
-                            .bind(i64::from(max_attempts))
-                            .execute($pool)
-                            .await?
-                            .rows_affected();
-                    }
-                    Ok::<_, sqlx::Error>(freed)
+                        .bind(&owner)
+                        .bind(i64::from(max_attempts))
+                        .execute(pool)
+                        .await?
+                        .rows_affected();
                 }
-                .await
-            };
-        }
-        let result = match &self.db {
-            Db::Postgres(pool) => release!(pool, str::to_owned),
-            Db::Sqlite(pool) => release!(pool, sqlite_sql),
-        };
-        result.map_err(|e| self.query_err(e))
+                Ok(freed)
+            }
+            .await
+        })
     }
 
     /// Takes back the entries of a stage whose lease lapsed before `now_us` (their repairer
@@ -135,24 +113,15 @@ impl ControlPlane {
              AND lease_until_us <= $3",
             reap_set(4)
         );
-        let result = match &self.db {
-            Db::Postgres(pool) => sqlx::query(&sql)
+        on_db!(self, |pool, text| {
+            sqlx::query(&text(&sql))
                 .bind(dataset)
                 .bind(stage)
                 .bind(now_us)
                 .bind(i64::from(max_attempts))
                 .execute(pool)
                 .await
-                .map(|r| r.rows_affected()),
-            Db::Sqlite(pool) => sqlx::query(&sqlite_sql(&sql))
-                .bind(dataset)
-                .bind(stage)
-                .bind(now_us)
-                .bind(i64::from(max_attempts))
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected()),
-        };
-        result.map_err(|e| self.query_err(e))
+                .map(|r| r.rows_affected())
+        })
     }
 }

@@ -16,6 +16,40 @@
 //!   the workers that took part, stored reports.
 //! - [`status`]: the typed mode and statuses of runs and stage repairs.
 
+/// Runs a statement builder against whichever database the control plane is, mapping
+/// errors to [`ControlError`]. `|pool, sql|`: `sql` turns a `$n` statement into the
+/// database's own; `pg: A, sqlite: B, |pool, text|`: `text` is the statement written for
+/// each (`B`'s `$n` turned into SQLite's).
+macro_rules! on_db {
+    ($self:expr, |$pool:ident, $sql:ident| $body:expr) => {{
+        let result: Result<_, sqlx::Error> = match &$self.db {
+            Db::Postgres($pool) => {
+                let $sql = |s: &str| s.to_owned();
+                $body
+            }
+            Db::Sqlite($pool) => {
+                let $sql = sqlite_sql;
+                $body
+            }
+        };
+        result.map_err(|e| $self.query_err(e))
+    }};
+    ($self:expr, pg: $pg:expr, sqlite: $lite:expr, |$pool:ident, $text:ident| $body:expr) => {{
+        let result: Result<_, sqlx::Error> = match &$self.db {
+            Db::Postgres($pool) => {
+                let $text: &str = &$pg;
+                $body
+            }
+            Db::Sqlite($pool) => {
+                let converted = sqlite_sql(&$lite);
+                let $text: &str = &converted;
+                $body
+            }
+        };
+        result.map_err(|e| $self.query_err(e))
+    }};
+}
+
 pub mod fleet;
 pub mod leases;
 pub mod ledger;

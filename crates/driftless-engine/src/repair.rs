@@ -216,28 +216,18 @@ impl Repairer<'_> {
         Ok(())
     }
 
-    /// Renews this repairer's leases every third of the lease while a batch runs (a slow
-    /// pace may hold one longer than the lease). Returns only when they could not be renewed
-    /// for a whole lease: another repairer may hold them by then.
+    /// Renews this repairer's leases while a batch runs (a slow pace may hold one longer
+    /// than the lease). Returns only when they could not be renewed for a whole lease:
+    /// another repairer may hold them by then.
     async fn keep_leases(&self, lease: Duration) {
-        let mut renewed = now_us();
-        loop {
-            tokio::time::sleep(lease / 3).await;
-            let now = now_us();
-            let until = now.saturating_add(lease.as_micros() as i64);
-            match self
-                .ctx
-                .control
+        let control = &self.ctx.control;
+        crate::worker::keep_lease(lease, "the batch's leases", |until| async move {
+            control
                 .renew_leases(self.dataset, self.stage, &self.ctx.owner, until)
                 .await
-            {
-                Ok(_) => renewed = now,
-                Err(e) if now - renewed < lease.as_micros() as i64 => {
-                    tracing::warn!(error = %e, "could not renew the batch's leases; trying again");
-                }
-                Err(_) => return,
-            }
-        }
+                .map(|_| true)
+        })
+        .await;
     }
 
     fn control_err(&self, error: driftless_control::ControlError) -> EngineError {

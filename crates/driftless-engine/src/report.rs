@@ -120,19 +120,17 @@ pub struct DivergenceReport {
 pub const DEFAULT_REPORT_LIMIT: usize = 1000;
 
 impl RunReport {
-    /// Cuts every stage's lists of divergences and planned writes at `limit` entries,
-    /// marking the stages cut as `truncated`.
-    pub fn limit(&mut self, limit: usize) {
-        for stage in self.datasets.iter_mut().flat_map(|d| &mut d.stages) {
-            let planned = stage.repair.as_ref().map_or(0, |r| r.planned.len());
-            if stage.divergences.len() > limit || planned > limit {
-                stage.truncated = true;
-                stage.divergences.truncate(limit);
-                if let Some(r) = stage.repair.as_mut() {
-                    r.planned.truncate(limit);
-                }
-            }
-        }
+    /// The report of a finished run, its status read from its stages.
+    pub fn finished(run_id: String, mode: Mode, workers: Vec<String>, datasets: Vec<DatasetReport>) -> RunReport {
+        let mut report = RunReport {
+            run_id,
+            status: RunStatus::Consistent,
+            mode,
+            workers,
+            datasets,
+        };
+        report.status = report.status_of();
+        report
     }
 
     /// Whether the breaker held some stage's writes.

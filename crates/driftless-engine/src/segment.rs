@@ -26,7 +26,7 @@ use crate::context::{RunContext, now_us};
 use crate::error::EngineError;
 use crate::plan::DatasetPlan;
 use crate::scan::{Prepared, TreeJob, TreeJobs, choose_boundaries, copy_label, resolve_schema, tree_jobs};
-use crate::worker::{WorkContext, Worker, WorkerState};
+use crate::worker::{WorkContext, Worker, WorkerState, keep_lease};
 
 /// Leaves per segment: about 128k rows at the default leaf size, a few seconds of reading.
 pub const SEGMENT_LEAVES: u32 = 128;
@@ -106,7 +106,8 @@ async fn recorded(control: &ControlPlane, run_id: &str, dataset: &str) -> Result
 }
 
 /// Digests one claimed segment and records its leaves, renewing the lease while it works.
-/// `Ok(false)` when the lease was lost to another worker before it finished.
+/// `Ok(false)` when the lease was lost before it finished (to another worker, or for want
+/// of the control plane for a whole lease).
 async fn digest_segment(
     plan: &DatasetPlan,
     resolved: &Resolved,
@@ -126,17 +127,9 @@ async fn digest_segment(
         });
     };
     let work = leaves_of(plan, resolved, job, segment, progress);
-    let beat = async {
-        loop {
-            tokio::time::sleep(lease / 3).await;
-            let until = now_us() + lease.as_micros() as i64;
-            match control.renew_segment(segment, owner, until).await {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => warn!(error = %e, "could not renew a segment's lease; trying again"),
-            }
-        }
-    };
+    let beat = keep_lease(lease, "a segment's lease", |until| {
+        control.renew_segment(segment, owner, until)
+    });
     let leaves = tokio::select! {
         leaves = work => leaves?,
         () = beat => return Ok(false),

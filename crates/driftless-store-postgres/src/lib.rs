@@ -292,13 +292,16 @@ impl PgStore {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let (_, probe) = pushdown::query(&quoted, schema, &columns, boundaries).map_err(|r| self.schema_err(r))?;
         let (from, binds) = match &range {
-            Some(r) => pushdown::range_table(&quoted, schema, r, probe.params() + 1).map_err(|r| self.schema_err(r))?,
+            Some(r) => pushdown::range_table(&quoted, schema, r, pushdown::threshold_params(schema) + 1)
+                .map_err(|r| self.schema_err(r))?,
             None => (quoted.clone(), Vec::new()),
         };
         let (text, thresholds) =
             pushdown::query(&from, schema, &columns, boundaries).map_err(|r| self.schema_err(r))?;
+        if range.is_some() && thresholds.params() != pushdown::threshold_params(schema) {
+            return Err(self.schema_err("the boundaries' keys do not match the key columns' types".into()));
+        }
         let rows = pushdown_rows(&self.pool, &text, thresholds, binds, boundaries.leaf_count())
             .await
             .map_err(|e| self.read_err(&e))?;

@@ -90,6 +90,21 @@ impl Thresholds {
     }
 }
 
+/// Whether a single key column of this kind has its thresholds bound as one array of its
+/// own type (`$1`); text and composite keys bind two levels (`$1` to `$3`).
+fn one_level(kind: KeyKind) -> bool {
+    matches!(kind, KeyKind::Int | KeyKind::Uuid)
+}
+
+/// How many parameters [`query`]'s thresholds take for this schema's keys: range bounds
+/// bound after them are numbered from the next.
+pub fn threshold_params(schema: &Schema) -> usize {
+    match schema.key.as_slice() {
+        [only] if one_level(key_kind(only.ty)) => 1,
+        _ => 3,
+    }
+}
+
 /// The rows of `range` of `table`, as the grouped query's table: a sub-select whose bounds
 /// are parameters numbered from `first`, with their values.
 pub fn range_table(

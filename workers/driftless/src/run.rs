@@ -12,8 +12,8 @@ use anyhow::{Context, Result, bail};
 use driftless_core::RowHasher;
 use driftless_engine::lifecycle::{self, NewRun};
 use driftless_engine::{
-    CopyRef, DatasetPlan, DatasetReport, EngineError, Metrics, Mode, RepairMode, RunContext, RunReport, RunStatus,
-    ScanOptions, Scope, run_dataset,
+    CopyRef, DatasetPlan, DatasetReport, EngineError, Metrics, Mode, RepairMode, RunContext, RunReport, ScanOptions,
+    Scope, run_dataset,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value as Json;
@@ -235,15 +235,7 @@ async fn execute(
         }
     }
     bar.finish_and_clear();
-    let mut report = RunReport {
-        run_id: run_id.clone(),
-        status: RunStatus::Consistent,
-        mode,
-        workers: vec![ctx.owner.clone()],
-        datasets: reports,
-    };
-    report.status = report.status_of();
-    report.limit(report_limit(loaded));
+    let report = RunReport::finished(run_id, mode, vec![ctx.owner.clone()], reports);
     lifecycle::record_finished(&control, &report).await?;
     write_metrics(&ctx.metrics, metrics_args).await?;
     Ok(report)
@@ -314,15 +306,7 @@ pub async fn drive_submitted(
         workers.push(ctx.owner.clone());
         workers.sort();
     }
-    let mut report = RunReport {
-        run_id: claimed.run_id.clone(),
-        status: RunStatus::Consistent,
-        mode: claimed.mode,
-        workers,
-        datasets: reports,
-    };
-    report.status = report.status_of();
-    report.limit(report_limit(loaded));
+    let report = RunReport::finished(claimed.run_id.clone(), claimed.mode, workers, reports);
     lifecycle::record_finished(control, &report).await?;
     Ok(report)
 }

@@ -12,6 +12,7 @@ use driftless_control::{ClaimedRun, ControlPlane};
 use driftless_engine::context::now_us;
 use driftless_engine::lifecycle;
 use driftless_engine::segment::SegmentWorker;
+use driftless_engine::worker::keep_lease;
 use driftless_engine::{EngineError, Mode, Shutdown, Supervisor, WorkContext, Worker, WorkerState};
 use tracing::{info, warn};
 
@@ -144,7 +145,9 @@ impl Worker for RunDriver<'_> {
         let drive = run::drive_submitted(self.loaded, &self.control, &claimed, self.shutdown.clone());
         let outcome = tokio::select! {
             result = drive => Some(result),
-            () = keep_lease(&self.control, &claimed, &self.owner, self.lease) => None,
+            () = keep_lease(self.lease, "the run's lease", |until| {
+                self.control.renew_run(&claimed.run_id, &self.owner, until)
+            }) => None,
         };
         match outcome {
             None => warn!(run = %claimed.run_id, "lost the run's lease; another worker drives it now"),
@@ -185,27 +188,6 @@ fn is_control_plane(error: &anyhow::Error) -> bool {
         e.downcast_ref::<driftless_control::ControlError>().is_some()
             || matches!(e.downcast_ref::<EngineError>(), Some(EngineError::Control { .. }))
     })
-}
-
-/// Renews the run's lease every third of it; returns when the lease is lost: taken by
-/// another worker, or not renewed for a whole lease because the control plane was out of
-/// reach (its work may already be someone else's, so this worker must stop writing).
-async fn keep_lease(control: &ControlPlane, claimed: &ClaimedRun, owner: &str, lease: Duration) {
-    let mut renewed = now_us();
-    loop {
-        tokio::time::sleep(lease / 3).await;
-        let now = now_us();
-        match control.renew_run(&claimed.run_id, owner, now + micros(lease)).await {
-            Ok(true) => renewed = now,
-            Ok(false) => return,
-            Err(e) => {
-                warn!(error = %e, "could not renew the run's lease");
-                if now - renewed >= micros(lease) {
-                    return;
-                }
-            }
-        }
-    }
 }
 
 fn micros(d: Duration) -> i64 {

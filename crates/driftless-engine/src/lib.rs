@@ -22,6 +22,7 @@
 //!   throttled or done) and the supervisor that steps workers together and owns how they
 //!   stop (Ctrl-C, SIGTERM, a failed worker). Detection of a stage (`detector`) and the
 //!   repair of its queue are workers.
+//! - [`lease`]: one heartbeat for every lease a worker holds (run, segment, batch).
 //! - [`segment`]: a submitted run's trees digested in segments by any worker of the fleet,
 //!   under heartbeated leases, and read back from the recorded leaf digests.
 //! - [`resume`]: a submitted run driven again after its driver died counts what the
@@ -36,6 +37,7 @@ pub mod context;
 pub mod detect;
 mod detector;
 pub mod error;
+pub mod lease;
 pub mod lifecycle;
 pub mod metrics;
 mod outcome;

@@ -221,7 +221,7 @@ impl Repairer<'_> {
     /// another repairer may hold them by then.
     async fn keep_leases(&self, lease: Duration) {
         let control = &self.ctx.control;
-        crate::worker::keep_lease(lease, "the batch's leases", |until| async move {
+        crate::lease::keep_lease(lease, "the batch's leases", |until| async move {
             control
                 .renew_leases(self.dataset, self.stage, &self.ctx.owner, until)
                 .await

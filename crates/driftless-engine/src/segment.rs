@@ -24,9 +24,10 @@ use tracing::{debug, warn};
 
 use crate::context::{RunContext, now_us};
 use crate::error::EngineError;
+use crate::lease::keep_lease;
 use crate::plan::DatasetPlan;
 use crate::scan::{Prepared, TreeJob, TreeJobs, choose_boundaries, copy_label, resolve_schema, tree_jobs};
-use crate::worker::{WorkContext, Worker, WorkerState, keep_lease};
+use crate::worker::{WorkContext, Worker, WorkerState};
 
 /// Leaves per segment: about 128k rows at the default leaf size, a few seconds of reading.
 pub const SEGMENT_LEAVES: u32 = 128;

@@ -10,9 +10,9 @@ use anyhow::Result;
 use async_trait::async_trait;
 use driftless_control::{ClaimedRun, ControlPlane};
 use driftless_engine::context::now_us;
+use driftless_engine::lease::keep_lease;
 use driftless_engine::lifecycle;
 use driftless_engine::segment::SegmentWorker;
-use driftless_engine::worker::keep_lease;
 use driftless_engine::{EngineError, Mode, Shutdown, Supervisor, WorkContext, Worker, WorkerState};
 use tracing::{info, warn};
 

@@ -260,6 +260,43 @@ async fn the_breaker_holds_writes_until_approved_and_halts_later_stages() {
     );
 }
 
+/// The breaker's ratio counts the keys in either copy: with 1 canonical row and 7 other stage
+/// rows, all 8 keys diverge; 1.0 repairs them all, 0.9 (7 of 8) holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ratio_of_one_never_holds() {
+    for (ratio, held) in [("1.0", false), ("0.9", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let schema = "CREATE TABLE items (id INTEGER PRIMARY KEY, tenant INTEGER NOT NULL, amount NUMERIC, \
+                      status TEXT, updated_at TEXT, note TEXT);";
+        sqlite_exec(
+            &d.join("canonical.db"),
+            &format!("{schema} INSERT INTO items VALUES (1, 1, 1.5, 'ok', NULL, NULL);"),
+        )
+        .await;
+        sqlite_exec(&d.join("test.db"), schema).await;
+        mutate(&d.join("test.db"), "test", &[], &[], &[2, 3, 4, 5, 6, 7, 8]).await;
+        config_with(
+            d,
+            &["test"],
+            "",
+            &format!("repair = {{ max_divergence_ratio = {ratio} }}"),
+        );
+        let run = run_driftless!(d, &["repair", "--report", "json"]);
+        let report = run.report();
+        let t = stage(&report, "test");
+        assert_eq!(t["divergent"], 8, "{t}");
+        if held {
+            assert_eq!(run.code, Some(2), "{}", run.stderr);
+            assert_eq!(t["repair"]["status"], "held", "{t}");
+        } else {
+            assert_eq!(run.code, Some(0), "ratio {ratio}: {t}\n{}", run.stderr);
+            assert_eq!(t["repaired"], 8, "{t}");
+            assert_eq!(table(&d.join("test.db")).await, table(&d.join("canonical.db")).await);
+        }
+    }
+}
+
 /// Metric samples of the textfile, by name and labels.
 fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     scrape

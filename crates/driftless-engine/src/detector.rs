@@ -72,6 +72,8 @@ pub(crate) struct Found {
     pub(crate) divergent: u64,
     /// Divergent keys found.
     pub(crate) key_count: u64,
+    /// Divergent keys the stage holds and canonical does not.
+    pub(crate) stage_only_keys: u64,
     /// Row-level divergences that are duplicate commits.
     pub(crate) duplicates: u64,
     /// The first row-level divergences, at most the report limit.
@@ -99,6 +101,7 @@ impl Found {
     fn add(&mut self, divergences: Vec<Divergence>, keys: Vec<KeyDivergence>, limit: usize) {
         self.divergent += divergences.len() as u64;
         self.key_count += keys.len() as u64;
+        self.stage_only_keys += keys.iter().filter(|k| k.canonical.is_none()).count() as u64;
         let mut per_key: HashMap<&[u8], u64> = HashMap::new();
         for d in &divergences {
             self.duplicates += u64::from(d.kind == DivergenceKind::Duplicate);

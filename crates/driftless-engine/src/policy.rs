@@ -44,8 +44,8 @@ pub struct StagePolicy {
     pub pace: PaceConfig,
     /// Above this many divergent keys, nothing is written without approval.
     pub max_repairs: Option<u64>,
-    /// Above this share of divergent keys (of the larger copy's rows), nothing is written
-    /// without approval.
+    /// Above this share of divergent keys (of the keys in either copy), nothing is written
+    /// without approval; 1.0 never holds on the ratio.
     pub max_divergence_ratio: Option<f64>,
 }
 
@@ -73,11 +73,15 @@ impl Default for StagePolicy {
 }
 
 impl StagePolicy {
-    /// The most divergent keys the breaker lets through for copies of these sizes.
-    pub fn limit(&self, canonical_rows: u64, stage_rows: u64) -> u64 {
+    /// The most divergent keys the breaker lets through when `keys` keys are in either copy
+    /// (before detection counted them, the larger copy's rows: a bound from below).
+    pub fn limit(&self, keys: u64) -> u64 {
         let by_ratio = self.max_divergence_ratio.map_or(u64::MAX, |r| {
-            let rows = canonical_rows.max(stage_rows) as f64;
-            (r * rows).floor() as u64
+            if r >= 1.0 {
+                u64::MAX
+            } else {
+                (r * keys as f64).floor() as u64
+            }
         });
         by_ratio.min(self.max_repairs.unwrap_or(u64::MAX))
     }

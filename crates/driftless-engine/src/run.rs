@@ -178,7 +178,7 @@ async fn run_stage(
         .get(&(plan.name.clone(), stage.name.clone()))
         .copied()
         .unwrap_or(0);
-    let limit = policy.limit(canonical_rows, stage_rows).max(approved);
+    let limit = policy.limit(canonical_rows.max(stage_rows)).max(approved);
     let early = writes && bound <= limit;
     info!(dataset = %plan.name, stage = %stage.name, bound, limit, early, "detecting");
 
@@ -239,13 +239,16 @@ async fn run_stage(
     }
 
     let key_count = found.key_count;
+    // Keys in either copy: canonical's rows and the keys only the stage holds.
+    let union = canonical_rows.saturating_add(found.stage_only_keys);
+    let limit = policy.limit(union).max(approved);
     let mut held = None;
     if let (Some(w), None) = (repair_worker.as_mut(), &stats) {
         if key_count > limit {
             held = Some(format!(
                 "{key_count} divergent keys exceed the breaker's limit of {limit} ({}); nothing was written. \
                  Approve with `driftless repair --approve {}`",
-                limit_reason(policy, canonical_rows, stage_rows),
+                limit_reason(policy, union),
                 ctx.run_id
             ));
         } else {
@@ -345,13 +348,10 @@ async fn row_counts(plan: &DatasetPlan, schema: &Schema, stage: &CopyRef) -> Res
     Ok((c, s))
 }
 
-fn limit_reason(policy: &crate::policy::StagePolicy, canonical_rows: u64, stage_rows: u64) -> String {
+fn limit_reason(policy: &crate::policy::StagePolicy, keys: u64) -> String {
     let mut parts = Vec::new();
     if let Some(r) = policy.max_divergence_ratio {
-        parts.push(format!(
-            "max_divergence_ratio {r} of {} rows",
-            canonical_rows.max(stage_rows)
-        ));
+        parts.push(format!("max_divergence_ratio {r} of {keys} keys in either copy"));
     }
     if let Some(m) = policy.max_repairs {
         parts.push(format!("max_repairs {m}"));

@@ -96,6 +96,9 @@ impl PgStore {
         let options = PgConnectOptions::from_str(url)
             .map_err(|_| open_err("not a PostgreSQL URL".into()))?
             .disable_statement_logging();
+        driftless_store::reach::reachable(options.get_host(), options.get_port())
+            .await
+            .map_err(open_err)?;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(CONNECT_TIMEOUT_SECS))

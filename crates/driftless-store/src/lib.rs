@@ -25,6 +25,7 @@
 //! [settle](Store::settle_keys) a changed key before reporting it.
 
 pub mod object;
+pub mod reach;
 pub mod write;
 
 pub use object::{CompareMode, ObjectSource, SourceRef};

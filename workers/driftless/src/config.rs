@@ -93,8 +93,8 @@ pub struct RepairPolicyConfig {
     pub burst: Option<Spanned<u32>>,
     /// Above this many divergent keys, nothing is written without `--approve`.
     pub max_repairs: Option<u64>,
-    /// Above this share of divergent keys (of the larger copy's rows), nothing is written
-    /// without `--approve`. Default 0.1.
+    /// Above this share of divergent keys (of the keys in either copy), nothing is written
+    /// without `--approve`. Default 0.1; 1.0 never holds on the ratio.
     pub max_divergence_ratio: Option<Spanned<f64>>,
     /// A write slower than this counts as congestion and slows the rate (AIMD).
     pub latency_target_ms: Option<u64>,

@@ -10,7 +10,7 @@ use serde_json::json;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, SqliteConnection};
 
-use crate::{DemoArgs, config, render, run};
+use crate::{Common, DemoArgs, config, render, run};
 
 /// Rows in the demo's canonical table.
 const DEMO_ROWS: i64 = 5000;
@@ -34,7 +34,7 @@ struct StageDrift {
 
 /// Builds the demo, scans it, prints the report; `Ok(false)` when the report names exactly
 /// the injected drift (the demo's own success), an error otherwise.
-pub async fn run(args: &DemoArgs) -> Result<bool> {
+pub async fn run(common: &Common, args: &DemoArgs) -> Result<bool> {
     let dir = &args.dir;
     prepare_dir(dir)?;
     let mut expected = BTreeSet::new();
@@ -45,7 +45,7 @@ pub async fn run(args: &DemoArgs) -> Result<bool> {
 
     let loaded = config::load(&config_path)?;
     let report = run::scan_loaded(&loaded, &[], &[]).await?;
-    render::write(&report, &args.output)?;
+    render::write(&report, &common.output)?;
 
     let found: BTreeSet<Expected> = report
         .datasets

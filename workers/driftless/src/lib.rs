@@ -19,6 +19,7 @@
 
 mod config;
 mod demo;
+mod examples;
 mod open;
 mod render;
 mod run;
@@ -33,42 +34,62 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Finds and heals drift between a canonical copy of a dataset and its staged copies.
 #[derive(Debug, Parser)]
-#[command(name = "driftless", version, about)]
+#[command(name = "driftless", version, about, after_help = examples::TOP)]
 struct Cli {
+    #[command(flatten)]
+    common: Common,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Flags every command accepts, before or after the subcommand.
+#[derive(Clone, Debug, Args)]
+struct Common {
+    /// The config file.
+    #[arg(long, global = true, default_value = "driftless.toml")]
+    config: PathBuf,
+    /// Only this dataset (repeatable; default all).
+    #[arg(long = "dataset", value_name = "NAME", global = true)]
+    datasets: Vec<String>,
+    /// Only this stage (repeatable; default all).
+    #[arg(long = "stage", value_name = "NAME", global = true)]
+    stages: Vec<String>,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Detect drift and report it; writes nothing to any copy (divergences are queued in the
     /// control plane).
+    #[command(after_help = examples::SCAN)]
     Scan(ScanArgs),
     /// Detect drift, then repair it stage by stage in channel order; `--dry-run` prints the
     /// plan only.
+    #[command(after_help = examples::REPAIR)]
     Repair(RepairArgs),
     /// Run a fleet worker until SIGTERM: drive submitted runs and digest their segments,
     /// sharing the control plane with any number of other workers.
+    #[command(after_help = examples::WORKER)]
     Worker(WorkerArgs),
     /// List recent runs, or print one run's report (`runs show RUN_ID`).
+    #[command(after_help = examples::RUNS)]
     Runs(RunsArgs),
+    /// Print shell completions for SHELL (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = examples::COMPLETIONS)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Build a canonical copy and three stages with known drift under a directory, scan
     /// them, and check the report names exactly the injected drift.
+    #[command(after_help = examples::DEMO)]
     Demo(DemoArgs),
 }
 
-/// Flags shared by the commands that run over a config.
+/// Flags of `scan`, shared by `repair`.
 #[derive(Debug, Args)]
 struct ScanArgs {
-    /// The config file.
-    #[arg(long, default_value = "driftless.toml")]
-    config: PathBuf,
-    /// Only this dataset (repeatable; default all).
-    #[arg(long = "dataset", value_name = "NAME")]
-    datasets: Vec<String>,
-    /// Only this stage (repeatable; default all).
-    #[arg(long = "stage", value_name = "NAME")]
-    stages: Vec<String>,
     /// Only these keys: a file with one key per line, as a JSON object like the report's
     /// (`{"id": 5}`) or a bare value for a one-column key.
     #[arg(long, value_name = "FILE")]
@@ -77,8 +98,6 @@ struct ScanArgs {
     /// this time, in canonical or the stage (RFC 3339, e.g. 2026-12-01T10:00:00Z).
     #[arg(long, value_name = "TIMESTAMP")]
     since: Option<String>,
-    #[command(flatten)]
-    output: OutputArgs,
     #[command(flatten)]
     metrics: MetricsArgs,
     #[command(flatten)]
@@ -109,9 +128,6 @@ enum Role {
 /// Flags of `driftless worker`.
 #[derive(Debug, Args)]
 struct WorkerArgs {
-    /// The config file; every worker of a fleet runs with the same one.
-    #[arg(long, default_value = "driftless.toml")]
-    config: PathBuf,
     /// What this worker takes on (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "scan,repair")]
     roles: Vec<Role>,
@@ -123,17 +139,9 @@ struct WorkerArgs {
 /// Flags of `driftless runs`.
 #[derive(Debug, Args)]
 struct RunsArgs {
-    /// The config file (for its control plane).
-    #[arg(long, default_value = "driftless.toml", global = true)]
-    config: PathBuf,
-    /// Only runs that covered this dataset.
-    #[arg(long, value_name = "NAME")]
-    dataset: Option<String>,
     /// How many runs, newest first.
     #[arg(long, default_value_t = 20, value_name = "N")]
     limit: u32,
-    #[command(flatten)]
-    output: OutputArgs,
     #[command(subcommand)]
     command: Option<RunsCommand>,
 }
@@ -148,8 +156,6 @@ enum RunsCommand {
         /// (from the queue: the keys this run detected last).
         #[arg(long)]
         all: bool,
-        #[command(flatten)]
-        output: OutputArgs,
     },
 }
 
@@ -184,17 +190,15 @@ struct DemoArgs {
     /// Where the demo's databases, directories and config are written (replaced if present).
     #[arg(long, default_value = "driftless-demo")]
     dir: PathBuf,
-    #[command(flatten)]
-    output: OutputArgs,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 struct OutputArgs {
     /// Report format; default `table` on a terminal, `json` otherwise.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, global = true)]
     report: Option<ReportFormat>,
     /// Write the report to this file instead of standard output.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     out: Option<PathBuf>,
 }
 
@@ -239,14 +243,16 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let common = &cli.common;
         match cli.command {
-            Command::Scan(args) if args.submit.submit => submit::scan(&args).await,
-            Command::Scan(args) => run::scan(&args).await,
-            Command::Repair(args) if args.scan.submit.submit => submit::repair(&args).await,
-            Command::Repair(args) => run::repair(&args).await,
-            Command::Worker(args) => worker::run(&args).await,
-            Command::Runs(args) => submit::runs(&args).await,
-            Command::Demo(args) => demo::run(&args).await,
+            Command::Scan(args) if args.submit.submit => submit::scan(common, &args).await,
+            Command::Scan(args) => run::scan(common, &args).await,
+            Command::Repair(args) if args.scan.submit.submit => submit::repair(common, &args).await,
+            Command::Repair(args) => run::repair(common, &args).await,
+            Command::Worker(args) => worker::run(common, &args).await,
+            Command::Runs(args) => submit::runs(common, &args).await,
+            Command::Completions { shell } => Ok(completions(shell)),
+            Command::Demo(args) => demo::run(common, &args).await,
         }
     });
     match result {
@@ -257,4 +263,11 @@ pub fn main() -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// Prints the completions of every command and flag for `shell`.
+fn completions(shell: clap_complete::Shell) -> bool {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut command, "driftless", &mut std::io::stdout());
+    false
 }

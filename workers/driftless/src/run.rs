@@ -15,13 +15,15 @@ use driftless_engine::{
     CopyRef, DatasetPlan, DatasetReport, EngineError, Metrics, Mode, RepairMode, RunContext, RunReport, ScanOptions,
     Scope, run_dataset,
 };
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value as Json;
 
 use crate::config::{self, Loaded};
 use crate::open::{open_control, open_copy};
-use crate::{MetricsArgs, RepairArgs, ScanArgs, render, signals};
+use crate::{Common, MetricsArgs, RepairArgs, ScanArgs, render, signals};
 
+/// How long a run goes before its progress bar appears.
+const PROGRESS_DELAY: Duration = Duration::from_millis(500);
 /// How often the progress bar reads the counters.
 const PROGRESS_TICK_MS: u64 = 100;
 /// The Pushgateway job a run's metrics are pushed under.
@@ -39,18 +41,18 @@ pub struct Selection {
 }
 
 /// Runs a scan; `Ok(true)` when drift was found.
-pub async fn scan(args: &ScanArgs) -> Result<bool> {
-    let loaded = config::load(&args.config)?;
-    let selection = selection(args)?;
+pub async fn scan(common: &Common, args: &ScanArgs) -> Result<bool> {
+    let loaded = config::load(&common.config)?;
+    let selection = selection(common, args)?;
     let report = execute(&loaded, &selection, Mode::Scan, false, None, &args.metrics).await?;
-    render::write(&report, &args.output)?;
+    render::write(&report, &common.output)?;
     Ok(report.has_drift())
 }
 
 /// Runs a repair; `Ok(true)` when drift is left (held, skipped, dead, or a dry run).
-pub async fn repair(args: &RepairArgs) -> Result<bool> {
-    let loaded = config::load(&args.scan.config)?;
-    let selection = selection(&args.scan)?;
+pub async fn repair(common: &Common, args: &RepairArgs) -> Result<bool> {
+    let loaded = config::load(&common.config)?;
+    let selection = selection(common, &args.scan)?;
     let report = execute(
         &loaded,
         &selection,
@@ -60,7 +62,7 @@ pub async fn repair(args: &RepairArgs) -> Result<bool> {
         &args.scan.metrics,
     )
     .await?;
-    render::write(&report, &args.scan.output)?;
+    render::write(&report, &common.output)?;
     Ok(report.has_drift() || report.held())
 }
 
@@ -80,7 +82,7 @@ pub async fn scan_loaded(loaded: &Loaded, datasets: &[String], stages: &[String]
 }
 
 /// The selection the flags make, with `--keys` read and `--since` parsed.
-pub fn selection(args: &ScanArgs) -> Result<Selection> {
+pub fn selection(common: &Common, args: &ScanArgs) -> Result<Selection> {
     let mut scope = Scope::default();
     if let Some(path) = &args.keys {
         scope.keys = Some((path.display().to_string(), read_keys(path)?));
@@ -92,8 +94,8 @@ pub fn selection(args: &ScanArgs) -> Result<Selection> {
         scope.since_us = Some(us);
     }
     Ok(Selection {
-        datasets: args.datasets.clone(),
-        stages: args.stages.clone(),
+        datasets: common.datasets.clone(),
+        stages: common.stages.clone(),
         scope,
         dry_run: false,
     })
@@ -369,12 +371,14 @@ pub fn started_by() -> String {
     format!("{user}@{host}")
 }
 
-/// A progress bar on a terminal, fed from the engine's counters; hidden when piped.
+/// A progress bar on a terminal, fed from the engine's counters; hidden when piped. It
+/// appears only once there are rows to count and the run has taken a moment (a tiny scan
+/// shows none), and is cleared when the run ends.
 fn progress_bar(options: &ScanOptions) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new(0);
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
     bar.set_style(
         ProgressStyle::with_template("{spinner} digesting {pos}/{len} rows [{bar:30}] {per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -382,9 +386,16 @@ fn progress_bar(options: &ScanOptions) -> ProgressBar {
     let (progress, expected) = (Arc::clone(&options.progress), Arc::clone(&options.expected_rows));
     let ticker = bar.clone();
     tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut shown = false;
         while !ticker.is_finished() {
-            ticker.set_length(expected.load(Ordering::Relaxed));
-            ticker.set_position(progress.load(Ordering::Relaxed));
+            let (len, pos) = (expected.load(Ordering::Relaxed), progress.load(Ordering::Relaxed));
+            ticker.set_length(len);
+            ticker.set_position(pos.min(len));
+            if !shown && len > 0 && started.elapsed() >= PROGRESS_DELAY {
+                ticker.set_draw_target(ProgressDrawTarget::stderr());
+                shown = true;
+            }
             tokio::time::sleep(Duration::from_millis(PROGRESS_TICK_MS)).await;
         }
     });

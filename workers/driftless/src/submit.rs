@@ -14,27 +14,27 @@ use serde_json::Value as Json;
 use crate::config::{self, Loaded};
 use crate::open::open_control;
 use crate::run::{self, Selection, check_selection, scope_json, started_by};
-use crate::{OutputArgs, RepairArgs, ReportFormat, RunsArgs, RunsCommand, ScanArgs, SubmitArgs, render};
+use crate::{Common, OutputArgs, RepairArgs, ReportFormat, RunsArgs, RunsCommand, ScanArgs, SubmitArgs, render};
 
 /// How often a waiting `--submit` reads the run's status.
 const WAIT_POLL: Duration = Duration::from_millis(500);
 
 /// `driftless scan --submit`.
-pub async fn scan(args: &ScanArgs) -> Result<bool> {
-    let loaded = config::load(&args.config)?;
-    let selection = run::selection(args)?;
-    submit(&loaded, &selection, Mode::Scan, &args.submit, &args.output).await
+pub async fn scan(common: &Common, args: &ScanArgs) -> Result<bool> {
+    let loaded = config::load(&common.config)?;
+    let selection = run::selection(common, args)?;
+    submit(&loaded, &selection, Mode::Scan, &args.submit, &common.output).await
 }
 
 /// `driftless repair --submit`.
-pub async fn repair(args: &RepairArgs) -> Result<bool> {
+pub async fn repair(common: &Common, args: &RepairArgs) -> Result<bool> {
     if args.approve.is_some() {
         bail!("--approve continues a held run in this process; it cannot be combined with --submit");
     }
-    let loaded = config::load(&args.scan.config)?;
-    let mut selection = run::selection(&args.scan)?;
+    let loaded = config::load(&common.config)?;
+    let mut selection = run::selection(common, &args.scan)?;
     selection.dry_run = args.dry_run;
-    submit(&loaded, &selection, Mode::Repair, &args.scan.submit, &args.scan.output).await
+    submit(&loaded, &selection, Mode::Repair, &args.scan.submit, &common.output).await
 }
 
 /// Queues the run for the fleet; without `--no-wait`, waits for its report and prints it.
@@ -86,11 +86,12 @@ async fn finished_report(control: &ControlPlane, run_id: &str, all: bool) -> Res
 }
 
 /// `driftless runs` and `driftless runs show RUN_ID`.
-pub async fn runs(args: &RunsArgs) -> Result<bool> {
-    let loaded = config::load(&args.config)?;
+pub async fn runs(common: &Common, args: &RunsArgs) -> Result<bool> {
+    let loaded = config::load(&common.config)?;
     let control = open_control(&loaded).await?;
+    let output = &common.output;
     match &args.command {
-        Some(RunsCommand::Show { run_id, all, output }) => {
+        Some(RunsCommand::Show { run_id, all }) => {
             match finished_report(&control, run_id, *all).await? {
                 Some(report) => render::write(&report, output)?,
                 None => println!("run {run_id} has not finished; no report yet"),
@@ -98,13 +99,18 @@ pub async fn runs(args: &RunsArgs) -> Result<bool> {
             Ok(false)
         }
         None => {
-            let runs = control.recent_runs(args.dataset.as_deref(), args.limit).await?;
-            let text = match args.output.report {
+            let dataset = match common.datasets.as_slice() {
+                [] => None,
+                [one] => Some(one.as_str()),
+                _ => bail!("`driftless runs` lists the runs of one --dataset at a time"),
+            };
+            let runs = control.recent_runs(dataset, args.limit).await?;
+            let text = match output.report {
                 Some(ReportFormat::Json) => runs_json(&runs)?,
-                _ if args.output.report.is_none() && !render::default_is_table(&args.output) => runs_json(&runs)?,
+                _ if output.report.is_none() && !render::default_is_table(output) => runs_json(&runs)?,
                 _ => runs_table(&runs),
             };
-            render::emit(&text, &args.output)?;
+            render::emit(&text, output)?;
             Ok(false)
         }
     }

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::config::{self, Loaded};
 use crate::open::open_control;
 use crate::run::{self, Selection};
-use crate::{Role, WorkerArgs, signals};
+use crate::{Common, Role, WorkerArgs, signals};
 
 /// How long a driver with no run to claim waits before looking again.
 const RUN_POLL: Duration = Duration::from_millis(500);
@@ -27,8 +27,8 @@ const RUN_POLL: Duration = Duration::from_millis(500);
 const CONTROL_RETRY: Duration = Duration::from_secs(1);
 
 /// Runs the worker until a stop signal; `Ok(false)`: it stopped cleanly.
-pub async fn run(args: &WorkerArgs) -> Result<bool> {
-    let loaded = config::load(&args.config)?;
+pub async fn run(common: &Common, args: &WorkerArgs) -> Result<bool> {
+    let loaded = config::load(&common.config)?;
     let control = open_control(&loaded).await?;
     let owner = run::worker_id();
     let lease = Duration::from_secs(loaded.config.repair_settings().lease_secs.max(1));

@@ -235,3 +235,93 @@ fn usage_errors_exit_1_and_help_exits_0() {
     let help = run(dir.path(), &["scan", "--help"]);
     assert_eq!(help.code, Some(0), "{}", help.stderr);
 }
+
+/// Runs the binary and returns its standard output.
+fn stdout_of(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_driftless"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the binary starts");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn common_flags_work_before_and_after_the_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let demo = d.join("demo");
+    let (code, _) = stdout_of(d, &["demo", "--dir", demo.to_str().unwrap(), "--report", "json"]);
+    assert_eq!(code, Some(0));
+    let config = demo.join("driftless.toml");
+    let config = config.to_str().unwrap();
+    let before = stdout_of(
+        d,
+        &["--config", config, "--report", "json", "scan", "--dataset", "tax_rules"],
+    );
+    let after = stdout_of(
+        d,
+        &["scan", "--config", config, "--dataset", "tax_rules", "--report", "json"],
+    );
+    for (code, text) in [&before, &after] {
+        assert_eq!(*code, Some(2), "{text}");
+        let report: serde_json::Value = serde_json::from_str(text).unwrap();
+        let datasets: Vec<&str> = report["datasets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["dataset"].as_str().unwrap())
+            .collect();
+        assert_eq!(datasets, ["tax_rules"], "--dataset was not applied: {text}");
+    }
+    // Before the subcommand, a config that does not exist is named.
+    let missing = run(d, &["--config", "nowhere.toml", "scan"]);
+    assert_eq!(missing.code, Some(1));
+    assert!(missing.stderr.contains("nowhere.toml"), "{}", missing.stderr);
+}
+
+#[test]
+fn connection_refused_names_host_and_port_without_the_password() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let config = format!(
+        "[control]\nurl = \"postgres://app:hunter2secret@127.0.0.1:{port}/driftless\"\n\n[[datasets]]\nname = \"a\"\n\
+         key = [\"id\"]\ncanonical = {{ url = \"sqlite://a.db\", table = \"t\" }}\nstages = []\n"
+    );
+    let out = scan_with(&config, &[]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("127.0.0.1:{port}")), "{}", out.stderr);
+    assert!(out.stderr.contains("refused"), "the OS error is named: {}", out.stderr);
+    assert!(!out.stderr.contains("pool timed out"), "{}", out.stderr);
+    assert!(!out.stderr.contains("hunter2secret"), "{}", out.stderr);
+}
+
+#[test]
+fn every_help_ends_with_examples_and_completions_print() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in [
+        &[][..],
+        &["scan"],
+        &["repair"],
+        &["worker"],
+        &["runs"],
+        &["demo"],
+        &["completions"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let (code, text) = stdout_of(dir.path(), &args);
+        assert_eq!(code, Some(0), "{args:?}");
+        let tail = text.trim_end().rsplit("Examples:").next().unwrap();
+        assert!(
+            text.contains("Examples:") && tail.contains("driftless "),
+            "{args:?}: {text}"
+        );
+    }
+    let (code, bash) = stdout_of(dir.path(), &["completions", "bash"]);
+    assert_eq!(code, Some(0));
+    assert!(bash.contains("_driftless") && bash.contains("--config"), "{bash}");
+    let bad = run(dir.path(), &["completions", "tcsh"]);
+    assert_eq!(bad.code, Some(1), "{}", bad.stderr);
+}

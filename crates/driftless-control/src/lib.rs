@@ -54,11 +54,13 @@ pub mod fleet;
 pub mod leases;
 pub mod ledger;
 pub mod queue;
+pub mod state;
 pub mod status;
 
 pub use fleet::{ClaimedRun, RunSummary, Segment};
 pub use ledger::{Intent, KeyLedger, LedgerRow, LedgerUpdate, Settle};
 pub use queue::{Backoff, Depth, Detected, EntryRecord, Leased, Settlement};
+pub use state::{StageRun, StageState};
 pub use status::{Mode, RepairStatus, RunStatus, StageStatus};
 
 use std::str::FromStr;

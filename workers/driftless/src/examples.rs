@@ -37,3 +37,8 @@ pub const DEMO: &str = "\
 Examples:
   driftless demo
   driftless demo --dir /tmp/driftless-demo --report json";
+
+pub const GATE: &str = "\
+Examples:
+  driftless gate --dataset tax_rules --stage test --max-age 26h
+  driftless gate --dataset tax_rules --stage test --scan --max-divergent 0 --report json";

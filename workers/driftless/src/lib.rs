@@ -20,6 +20,7 @@
 mod config;
 mod demo;
 mod examples;
+mod gate;
 mod open;
 mod render;
 mod run;
@@ -72,6 +73,10 @@ enum Command {
     /// sharing the control plane with any number of other workers.
     #[command(after_help = examples::WORKER)]
     Worker(WorkerArgs),
+    /// May this stage be promoted? Exit 0 yes, 2 no (drift, lag or age over the limits), 1
+    /// error; it says why. Reads the control plane's latest state of the stage.
+    #[command(after_help = examples::GATE)]
+    Gate(GateArgs),
     /// List recent runs, or print one run's report (`runs show RUN_ID`).
     #[command(after_help = examples::RUNS)]
     Runs(RunsArgs),
@@ -134,6 +139,23 @@ struct WorkerArgs {
     /// Segments digested at once.
     #[arg(long, default_value_t = 1, value_name = "N")]
     concurrency: usize,
+}
+
+/// Flags of `driftless gate` (with exactly one `--dataset` and one `--stage`).
+#[derive(Debug, Args)]
+struct GateArgs {
+    /// Most divergent keys the stage's latest run may have left.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    max_divergent: i64,
+    /// Longest an unrepaired divergence may have waited (e.g. 10m, 1h).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    max_lag: Option<std::time::Duration>,
+    /// Longest since a run last left the stage consistent (e.g. 26h).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    max_age: Option<std::time::Duration>,
+    /// Scan the stage first, then judge it by that scan.
+    #[arg(long)]
+    scan: bool,
 }
 
 /// Flags of `driftless runs`.
@@ -251,6 +273,7 @@ pub fn main() -> ExitCode {
             Command::Repair(args) => run::repair(common, &args).await,
             Command::Worker(args) => worker::run(common, &args).await,
             Command::Runs(args) => submit::runs(common, &args).await,
+            Command::Gate(args) => gate::run(common, &args).await,
             Command::Completions { shell } => Ok(completions(shell)),
             Command::Demo(args) => demo::run(common, &args).await,
         }

@@ -32,8 +32,10 @@ const PUSH_JOB: &str = "driftless";
 /// What a run covers; recorded with the run as JSON.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Selection {
-    datasets: Vec<String>,
-    stages: Vec<String>,
+    /// `--dataset` (empty: all).
+    pub datasets: Vec<String>,
+    /// `--stage` (empty: all).
+    pub stages: Vec<String>,
     scope: Scope,
     /// `repair --dry-run` (recorded for a submitted run, whose worker reads it back).
     #[serde(default)]

@@ -55,6 +55,7 @@ pub mod leases;
 pub mod ledger;
 pub mod queue;
 pub mod status;
+pub mod ticks;
 
 pub use fleet::{ClaimedRun, RunSummary, Segment};
 pub use ledger::{Intent, KeyLedger, LedgerRow, LedgerUpdate, Settle};

@@ -56,6 +56,7 @@ pub mod ledger;
 pub mod queue;
 pub mod state;
 pub mod status;
+pub mod ticks;
 
 pub use fleet::{ClaimedRun, RunSummary, Segment};
 pub use ledger::{Intent, KeyLedger, LedgerRow, LedgerUpdate, Settle};

@@ -22,6 +22,8 @@
 //!   throttled or done) and the supervisor that steps workers together and owns how they
 //!   stop (Ctrl-C, SIGTERM, a failed worker). Detection of a stage (`detector`) and the
 //!   repair of its queue are workers.
+//! - [`blackout`]: maintenance windows in which no repair write starts; a repairer inside
+//!   one is throttled until it ends (`driftless_blackout_active` in [`blackout_metrics`]).
 //! - [`lease`]: one heartbeat for every lease a worker holds (run, segment, batch).
 //! - [`segment`]: a submitted run's trees digested in segments by any worker of the fleet,
 //!   under heartbeated leases, and read back from the recorded leaf digests.
@@ -32,6 +34,8 @@
 //!
 //! The engine depends on the store traits only; the binary chooses the implementations.
 
+pub mod blackout;
+pub mod blackout_metrics;
 pub mod compensate;
 pub mod context;
 pub mod detect;

@@ -322,7 +322,10 @@ impl Metrics {
     pub fn render(&self) -> Result<String, MetricsError> {
         let mut out = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
+            .encode(
+                &[self.registry.gather(), crate::blackout_metrics::gather()].concat(),
+                &mut out,
+            )
             .map_err(|e| MetricsError::Encode(e.to_string()))?;
         String::from_utf8(out).map_err(|e| MetricsError::Encode(e.to_string()))
     }

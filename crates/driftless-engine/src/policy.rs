@@ -9,6 +9,7 @@ use std::num::NonZeroU32;
 use driftless_control::Backoff;
 use driftless_core::DivergenceKind;
 
+use crate::blackout::Blackouts;
 use crate::pace::PaceConfig;
 
 /// What `driftless repair` does to a stage.
@@ -47,6 +48,8 @@ pub struct StagePolicy {
     /// Above this share of divergent keys (of the keys in either copy), nothing is written
     /// without approval; 1.0 never holds on the ratio.
     pub max_divergence_ratio: Option<f64>,
+    /// Maintenance windows: no repair write starts inside one.
+    pub blackout: Blackouts,
 }
 
 /// Writes per second when the config does not say.
@@ -68,6 +71,7 @@ impl Default for StagePolicy {
             .expect("valid default pace"),
             max_repairs: None,
             max_divergence_ratio: Some(DEFAULT_MAX_DIVERGENCE_RATIO),
+            blackout: Blackouts::default(),
         }
     }
 }

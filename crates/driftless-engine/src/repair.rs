@@ -81,6 +81,8 @@ pub struct Repairer<'a> {
     pub fetch: &'a Schema,
     /// How to repair.
     pub mode: &'a RepairMode,
+    /// Maintenance windows: no batch starts writing inside one.
+    pub blackout: &'a crate::blackout::Blackouts,
     /// Compiled compensating statements by kind.
     pub statements: &'a BTreeMap<DivergenceKind, Compiled>,
     /// The run.
@@ -138,6 +140,12 @@ impl Worker for RepairWorker<'_> {
             self.reaped_at = Some(std::time::Instant::now());
             r.reap(now).await?;
         }
+        if let Some(wait) = r.blackout.wait(chrono::Utc::now()) {
+            // Inside a maintenance window: lease nothing, write nothing; detection goes on.
+            crate::blackout_metrics::set_active(r.dataset, r.stage, true);
+            return Ok(WorkerState::Throttled(wait));
+        }
+        crate::blackout_metrics::set_active(r.dataset, r.stage, false);
         let leased = r
             .ctx
             .control

@@ -496,6 +496,7 @@ impl RepairSetup {
             write: &self.write,
             fetch: &self.fetch,
             mode: &stage.policy.mode,
+            blackout: &stage.policy.blackout,
             statements: &self.statements,
             ctx,
             pacer,

@@ -73,22 +73,29 @@ fn segment_from_row((run_id, dataset, copy, first, last, attempts): SegmentRow) 
     }
 }
 
+/// The insert of a run queued for the fleet, bound to `run` (also used by a claimed
+/// schedule tick, in its transaction).
+macro_rules! queued_run {
+    ($sql:ident, $run:expr) => {
+        sqlx::query(&$sql(
+            "INSERT INTO runs (run_id, mode, started_by, config_digest, started_us, scope, status) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'queued')",
+        ))
+        .bind(&$run.run_id)
+        .bind($run.mode.as_str())
+        .bind(&$run.started_by)
+        .bind(&$run.config_digest)
+        .bind($run.started_us)
+        .bind(&$run.scope)
+    };
+}
+pub(crate) use queued_run;
+
 impl ControlPlane {
     /// Records a run submitted for the fleet: `queued` until a worker claims it.
     pub async fn queue_run(&self, run: &RunStart) -> Result<(), ControlError> {
-        const SQL: &str = "INSERT INTO runs (run_id, mode, started_by, config_digest, started_us, scope, status) \
-                           VALUES ($1, $2, $3, $4, $5, $6, 'queued')";
         on_db!(self, |pool, sql| {
-            sqlx::query(&sql(SQL))
-                .bind(&run.run_id)
-                .bind(run.mode.as_str())
-                .bind(&run.started_by)
-                .bind(&run.config_digest)
-                .bind(run.started_us)
-                .bind(&run.scope)
-                .execute(pool)
-                .await
-                .map(drop)
+            queued_run!(sql, run).execute(pool).await.map(drop)
         })
     }
 

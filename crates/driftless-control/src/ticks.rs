@@ -2,12 +2,11 @@
 //! `schedule` role may try to claim a tick; the unique `(dataset, tick_at_us)` key lets one
 //! insert win, and only that inserter queues the run, in the same transaction.
 
+use crate::fleet::queued_run;
 use crate::{ControlError, ControlPlane, Db, RunStart, sqlite_sql};
 
 const INSERT_TICK: &str = "INSERT INTO schedule_ticks (dataset, tick_at_us, run_id) VALUES ($1, $2, $3) \
                            ON CONFLICT DO NOTHING";
-const INSERT_RUN: &str = "INSERT INTO runs (run_id, mode, started_by, config_digest, started_us, scope, status) \
-                          VALUES ($1, $2, $3, $4, $5, $6, 'queued')";
 
 impl ControlPlane {
     /// The newest tick recorded for `dataset`, if any.
@@ -36,15 +35,7 @@ impl ControlPlane {
                     .rows_affected()
                     == 1;
                 if won {
-                    sqlx::query(&sql(INSERT_RUN))
-                        .bind(&run.run_id)
-                        .bind(run.mode.as_str())
-                        .bind(&run.started_by)
-                        .bind(&run.config_digest)
-                        .bind(run.started_us)
-                        .bind(&run.scope)
-                        .execute(&mut *tx)
-                        .await?;
+                    queued_run!(sql, run).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(won)

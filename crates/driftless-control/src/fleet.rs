@@ -22,6 +22,9 @@ pub struct ClaimedRun {
     pub config_digest: String,
     /// What it covers (JSON).
     pub scope: Option<String>,
+    /// Whether someone approved it after the breaker held it: its held stages may repair
+    /// the keys they were held with.
+    pub approved: bool,
 }
 
 /// A segment a worker has claimed to digest: leaves `leaf_first..=leaf_last` of one copy.
@@ -123,14 +126,15 @@ impl ControlPlane {
             "WITH c AS MATERIALIZED (SELECT run_id FROM runs WHERE {due} ORDER BY run_id LIMIT 1 \
              FOR UPDATE SKIP LOCKED) \
              UPDATE runs r SET status = 'running', owner = $1, lease_until_us = $2 FROM c WHERE r.run_id = c.run_id \
-             RETURNING r.run_id, r.mode, r.config_digest, r.scope"
+             RETURNING r.run_id, r.mode, r.config_digest, r.scope, r.approved_by"
         );
         let sqlite = format!(
             "UPDATE runs SET status = 'running', owner = $1, lease_until_us = $2 \
              WHERE run_id = (SELECT run_id FROM runs WHERE {due} ORDER BY run_id LIMIT 1) \
-             RETURNING run_id, mode, config_digest, scope"
+             RETURNING run_id, mode, config_digest, scope, approved_by"
         );
-        let row: Option<(String, String, String, Option<String>)> = on_db!(self, pg: pg, sqlite: sqlite, |pool, text| {
+        type Row = (String, String, String, Option<String>, Option<String>);
+        let row: Option<Row> = on_db!(self, pg: pg, sqlite: sqlite, |pool, text| {
             sqlx::query_as(text)
                 .bind(owner)
                 .bind(lease_until_us)
@@ -138,7 +142,7 @@ impl ControlPlane {
                 .fetch_optional(pool)
                 .await
         })?;
-        let Some((run_id, mode, config_digest, scope)) = row else {
+        let Some((run_id, mode, config_digest, scope, approved_by)) = row else {
             return Ok(None);
         };
         Ok(Some(ClaimedRun {
@@ -146,7 +150,27 @@ impl ControlPlane {
             run_id,
             config_digest,
             scope,
+            approved: approved_by.is_some(),
         }))
+    }
+
+    /// Records that `approved_by` approved the held run `run_id` and queues it again for the
+    /// fleet, whose driver repairs its held stages up to what they were held with. `false`
+    /// when the run is not held (approved twice, or never held).
+    pub async fn requeue_approved(&self, run_id: &str, approved_by: &str, now_us: i64) -> Result<bool, ControlError> {
+        const SQL: &str = "UPDATE runs SET status = 'queued', approved_by = $1, approved_us = $2, \
+                           owner = NULL, lease_until_us = NULL, report = NULL, finished_us = NULL \
+                           WHERE run_id = $3 AND status = 'held'";
+        let n = on_db!(self, |pool, sql| {
+            sqlx::query(&sql(SQL))
+                .bind(approved_by)
+                .bind(now_us)
+                .bind(run_id)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(n == 1)
     }
 
     /// Renews `owner`'s lease of a run; `false` when it is no longer `owner`'s (the lease

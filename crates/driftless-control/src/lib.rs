@@ -51,6 +51,7 @@ macro_rules! on_db {
 }
 
 pub mod fleet;
+pub mod gauges;
 pub mod leases;
 pub mod ledger;
 pub mod queue;
@@ -59,6 +60,7 @@ pub mod status;
 pub mod ticks;
 
 pub use fleet::{ClaimedRun, RunSummary, Segment};
+pub use gauges::DeadCount;
 pub use ledger::{Intent, KeyLedger, LedgerRow, LedgerUpdate, Settle};
 pub use queue::{Backoff, Depth, Detected, EntryRecord, Leased, Settlement};
 pub use state::{StageRun, StageState};

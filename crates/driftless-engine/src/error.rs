@@ -50,6 +50,9 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+    /// No run with this id is recorded in the control plane.
+    #[error("run {0}: no such run is recorded in the control plane")]
+    UnknownRun(String),
     /// Ctrl-C or SIGTERM stopped the run between steps of work.
     #[error("{0}")]
     Interrupted(String),

@@ -155,17 +155,27 @@ pub async fn fail_submitted(control: &ControlPlane, run_id: &str, owner: &str, r
     }
 }
 
+/// Where an approved run goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// In the approving process (`repair --approve`): the run is marked running.
+    Here,
+    /// In the fleet (the API's approve): the run is queued again for a worker's driver.
+    Fleet,
+}
+
 /// Approves `run_id`, a repair run the breaker held, for the config whose digest is
-/// `config_digest`; it is marked running again. Refused for any other run, for a changed
-/// config, and when someone else approved it first.
+/// `config_digest`. Refused for any other run, for a changed config, and when someone else
+/// approved it first.
 pub async fn approve_run(
     control: &ControlPlane,
     run_id: &str,
     config_digest: &str,
     approved_by: &str,
+    resume: Resume,
 ) -> Result<Approved, EngineError> {
     let Some(info) = control.run_info(run_id).await.map_err(control_err)? else {
-        return Err(refused(run_id, "no such run is recorded in the control plane".into()));
+        return Err(EngineError::UnknownRun(run_id.to_owned()));
     };
     if info.mode != Mode::Repair || info.status != RunStatus::Held {
         return Err(refused(
@@ -184,22 +194,33 @@ pub async fn approve_run(
                 .into(),
         ));
     }
-    let caps = info
-        .held
-        .iter()
-        .map(|(d, s, n, _)| ((d.clone(), s.clone()), (*n).max(0) as u64))
-        .collect();
-    if !control
-        .approve_run(run_id, approved_by, now_us())
-        .await
-        .map_err(control_err)?
-    {
+    let marked = match resume {
+        Resume::Here => control.approve_run(run_id, approved_by, now_us()).await,
+        Resume::Fleet => control.requeue_approved(run_id, approved_by, now_us()).await,
+    };
+    if !marked.map_err(control_err)? {
         return Err(refused(run_id, "someone else approved it meanwhile".into()));
     }
     Ok(Approved {
         scope: info.scope.unwrap_or_else(|| "{}".to_owned()),
-        caps,
+        caps: caps(&info.held),
     })
+}
+
+/// The divergent keys each held stage of an approved run may repair, as a worker's driver
+/// reads them when it takes the run up again.
+pub async fn approved_caps(
+    control: &ControlPlane,
+    run_id: &str,
+) -> Result<HashMap<(String, String), u64>, EngineError> {
+    let info = control.run_info(run_id).await.map_err(control_err)?;
+    Ok(info.map(|i| caps(&i.held)).unwrap_or_default())
+}
+
+fn caps(held: &[(String, String, i64, String)]) -> HashMap<(String, String), u64> {
+    held.iter()
+        .map(|(d, s, n, _)| ((d.clone(), s.clone()), (*n).max(0) as u64))
+        .collect()
 }
 
 /// Records how a run finished: its status and every stage's counts.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use driftless_core::RowHasher;
-use driftless_engine::lifecycle::{self, NewRun};
+use driftless_engine::lifecycle::{self, NewRun, Resume};
 use driftless_engine::{
     CopyRef, DatasetPlan, DatasetReport, EngineError, Metrics, Mode, RepairMode, RunContext, RunReport, ScanOptions,
     Scope, run_dataset,
@@ -204,7 +204,7 @@ async fn execute(
     let control = open_control(loaded).await?;
     let (selection, approved) = match approve_id {
         Some(id) => {
-            let approved = lifecycle::approve_run(&control, id, &loaded.digest(), &started_by()).await?;
+            let approved = lifecycle::approve_run(&control, id, &loaded.digest(), &started_by(), Resume::Here).await?;
             (selection_from_json(&approved.scope)?, approved.caps)
         }
         None => (selection.clone(), HashMap::new()),
@@ -300,7 +300,13 @@ pub async fn drive_submitted(
     let selection = selection_from_json(claimed.scope.as_deref().unwrap_or("{}"))?;
     let plans = plans(loaded, &selection, claimed.mode, selection.dry_run).await?;
     let mut ctx = context(loaded, control, &claimed.run_id, claimed.mode, &selection, shutdown);
-    ctx.segmented = true;
+    if claimed.approved {
+        // Taken up again after approval: its segments were digested before it was held, so
+        // this driver digests the copies afresh, and its held stages repair up to their caps.
+        ctx.approved = lifecycle::approved_caps(control, &claimed.run_id).await?;
+    } else {
+        ctx.segmented = true;
+    }
     let mut reports = Vec::new();
     for plan in &plans {
         reports.push(run_dataset(plan, &ctx).await?);

@@ -1,0 +1,116 @@
+//! Fleet-wide figures read from the control plane's live state, the same whichever process
+//! serves them: workers heartbeating by role, runs held for approval, dead queue entries,
+//! and one run's divergences a page at a time.
+
+use std::collections::BTreeMap;
+
+use crate::{ControlError, ControlPlane, Db, EntryRecord, sqlite_sql};
+
+/// Dead entries of one stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadCount {
+    /// The dataset.
+    pub dataset: String,
+    /// The stage.
+    pub stage: String,
+    /// Entries parked after too many failed attempts.
+    pub dead: i64,
+}
+
+const HEARTBEAT: &str = "INSERT INTO workers (worker_id, roles, heartbeat_us) VALUES ($1, $2, $3) \
+                         ON CONFLICT (worker_id) DO UPDATE SET roles = excluded.roles, heartbeat_us = excluded.heartbeat_us";
+
+impl ControlPlane {
+    /// Records that `worker` with `roles` is alive at `now_us`.
+    pub async fn heartbeat(&self, worker: &str, roles: &[&str], now_us: i64) -> Result<(), ControlError> {
+        let roles = roles.join(",");
+        on_db!(self, |pool, sql| {
+            sqlx::query(&sql(HEARTBEAT))
+                .bind(worker)
+                .bind(&roles)
+                .bind(now_us)
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+    }
+
+    /// Removes `worker`'s heartbeat (it stopped cleanly).
+    pub async fn forget_worker(&self, worker: &str) -> Result<(), ControlError> {
+        const SQL: &str = "DELETE FROM workers WHERE worker_id = $1";
+        on_db!(self, |pool, sql| {
+            sqlx::query(&sql(SQL)).bind(worker).execute(pool).await.map(drop)
+        })
+    }
+
+    /// Workers whose last heartbeat is at or after `since_us`, counted by role.
+    pub async fn workers_by_role(&self, since_us: i64) -> Result<BTreeMap<String, i64>, ControlError> {
+        const SQL: &str = "SELECT roles FROM workers WHERE heartbeat_us >= $1";
+        let rows: Vec<String> = on_db!(self, |pool, sql| {
+            sqlx::query_scalar(&sql(SQL)).bind(since_us).fetch_all(pool).await
+        })?;
+        let mut counts = BTreeMap::new();
+        for role in rows.iter().flat_map(|r| r.split(',')).filter(|r| !r.is_empty()) {
+            *counts.entry(role.to_owned()).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    /// Runs the breaker held that wait for approval.
+    pub async fn held_runs(&self) -> Result<i64, ControlError> {
+        const SQL: &str = "SELECT count(*) FROM runs WHERE status = 'held'";
+        on_db!(self, |pool, sql| {
+            sqlx::query_scalar::<_, i64>(&sql(SQL)).fetch_one(pool).await
+        })
+    }
+
+    /// Dead entries per stage, for every stage that has any.
+    pub async fn dead_counts(&self) -> Result<Vec<DeadCount>, ControlError> {
+        const SQL: &str = "SELECT dataset, stage, count(*) FROM divergences WHERE state = 'dead' \
+                           GROUP BY dataset, stage ORDER BY dataset, stage";
+        let rows: Vec<(String, String, i64)> =
+            on_db!(self, |pool, sql| { sqlx::query_as(&sql(SQL)).fetch_all(pool).await })?;
+        Ok(rows
+            .into_iter()
+            .map(|(dataset, stage, dead)| DeadCount { dataset, stage, dead })
+            .collect())
+    }
+
+    /// Up to `limit` of the divergences run `run_id` detected last in a stage, in key order,
+    /// after the key whose encoding is `after` (the previous page's last).
+    pub async fn run_divergence_page(
+        &self,
+        run_id: &str,
+        dataset: &str,
+        stage: &str,
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Vec<EntryRecord>, ControlError> {
+        const SQL: &str = "SELECT key_bytes, key_json, kind, state, attempts, last_error FROM divergences \
+                           WHERE last_run_id = $1 AND dataset = $2 AND stage = $3 \
+                           AND ($4::bytea IS NULL OR key_bytes > $4) ORDER BY key_bytes LIMIT $5";
+        type Row = (Vec<u8>, String, String, String, i64, Option<String>);
+        let lite = SQL.replace("::bytea", "");
+        let rows: Vec<Row> = on_db!(self, pg: SQL, sqlite: lite, |pool, text| {
+            sqlx::query_as(text)
+                .bind(run_id)
+                .bind(dataset)
+                .bind(stage)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(key_bytes, key_json, kind, state, attempts, last_error)| EntryRecord {
+                key_bytes,
+                key_json,
+                kind,
+                state,
+                attempts,
+                last_error,
+            })
+            .collect())
+    }
+}

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::queue::{EntryRow, entry_record};
 use crate::{ControlError, ControlPlane, Db, EntryRecord, sqlite_sql};
 
 /// Dead entries of one stage.
@@ -69,7 +70,7 @@ impl ControlPlane {
         const SQL: &str = "SELECT dataset, stage, count(*) FROM divergences WHERE state = 'dead' \
                            GROUP BY dataset, stage ORDER BY dataset, stage";
         let rows: Vec<(String, String, i64)> =
-            on_db!(self, |pool, sql| { sqlx::query_as(&sql(SQL)).fetch_all(pool).await })?;
+            on_db!(self, |pool, sql| sqlx::query_as(&sql(SQL)).fetch_all(pool).await)?;
         Ok(rows
             .into_iter()
             .map(|(dataset, stage, dead)| DeadCount { dataset, stage, dead })
@@ -89,9 +90,8 @@ impl ControlPlane {
         const SQL: &str = "SELECT key_bytes, key_json, kind, state, attempts, last_error FROM divergences \
                            WHERE last_run_id = $1 AND dataset = $2 AND stage = $3 \
                            AND ($4::bytea IS NULL OR key_bytes > $4) ORDER BY key_bytes LIMIT $5";
-        type Row = (Vec<u8>, String, String, String, i64, Option<String>);
         let lite = SQL.replace("::bytea", "");
-        let rows: Vec<Row> = on_db!(self, pg: SQL, sqlite: lite, |pool, text| {
+        let rows: Vec<EntryRow> = on_db!(self, pg: SQL, sqlite: lite, |pool, text| {
             sqlx::query_as(text)
                 .bind(run_id)
                 .bind(dataset)
@@ -101,16 +101,6 @@ impl ControlPlane {
                 .fetch_all(pool)
                 .await
         })?;
-        Ok(rows
-            .into_iter()
-            .map(|(key_bytes, key_json, kind, state, attempts, last_error)| EntryRecord {
-                key_bytes,
-                key_json,
-                kind,
-                state,
-                attempts,
-                last_error,
-            })
-            .collect())
+        Ok(rows.into_iter().map(entry_record).collect())
     }
 }

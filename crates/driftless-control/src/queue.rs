@@ -521,15 +521,7 @@ impl ControlPlane {
         const SQL: &str = "SELECT key_bytes, key_json, kind, state, attempts, last_error FROM divergences \
                            WHERE dataset = $1 AND stage = $2 AND ($3::text IS NULL OR state = $3) \
                            AND ($4::text IS NULL OR last_run_id = $4) ORDER BY key_bytes";
-        type EntryRow = (Vec<u8>, String, String, String, i64, Option<String>);
-        let record = |(key_bytes, key_json, kind, state, attempts, last_error): EntryRow| EntryRecord {
-            key_bytes,
-            key_json,
-            kind,
-            state,
-            attempts,
-            last_error,
-        };
+        let record = entry_record;
         let result = match &self.db {
             Db::Postgres(pool) => sqlx::query_as::<_, EntryRow>(SQL)
                 .bind(dataset)
@@ -549,6 +541,20 @@ impl ControlPlane {
                 .map(|rows| rows.into_iter().map(record).collect()),
         };
         result.map_err(|e| self.query_err(e))
+    }
+}
+
+/// An entry's columns as `SELECT key_bytes, key_json, kind, state, attempts, last_error` reads them.
+pub(crate) type EntryRow = (Vec<u8>, String, String, String, i64, Option<String>);
+
+pub(crate) fn entry_record((key_bytes, key_json, kind, state, attempts, last_error): EntryRow) -> EntryRecord {
+    EntryRecord {
+        key_bytes,
+        key_json,
+        kind,
+        state,
+        attempts,
+        last_error,
     }
 }
 

@@ -18,6 +18,19 @@ pub struct DeadCount {
     pub dead: i64,
 }
 
+/// Ledger rows of one stage with one outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairCount {
+    /// The dataset.
+    pub dataset: String,
+    /// The stage.
+    pub stage: String,
+    /// `applied`, `skipped_newer`, `failed`, ... as the ledger records it.
+    pub outcome: String,
+    /// How many.
+    pub count: i64,
+}
+
 const HEARTBEAT: &str = "INSERT INTO workers (worker_id, roles, heartbeat_us) VALUES ($1, $2, $3) \
                          ON CONFLICT (worker_id) DO UPDATE SET roles = excluded.roles, heartbeat_us = excluded.heartbeat_us";
 
@@ -74,6 +87,22 @@ impl ControlPlane {
         Ok(rows
             .into_iter()
             .map(|(dataset, stage, dead)| DeadCount { dataset, stage, dead })
+            .collect())
+    }
+
+    /// Repairs recorded in the ledger, by dataset, stage and outcome.
+    pub async fn repair_outcomes(&self) -> Result<Vec<RepairCount>, ControlError> {
+        const SQL: &str = "SELECT dataset, stage, outcome, COUNT(*) FROM repairs GROUP BY dataset, stage, outcome";
+        let rows: Vec<(String, String, String, i64)> =
+            on_db!(self, |pool, sql| sqlx::query_as(&sql(SQL)).fetch_all(pool).await)?;
+        Ok(rows
+            .into_iter()
+            .map(|(dataset, stage, outcome, count)| RepairCount {
+                dataset,
+                stage,
+                outcome,
+                count,
+            })
             .collect())
     }
 

@@ -110,6 +110,16 @@ pub struct Depth {
     pub oldest_first_seen_us: Option<i64>,
 }
 
+impl Depth {
+    /// How long the oldest unrepaired divergence has waited at `now_us` (microseconds);
+    /// `None` when nothing waits (dead entries alone are not lag: no repairer will take them).
+    pub fn lag_us(&self, now_us: i64) -> Option<i64> {
+        self.oldest_first_seen_us
+            .filter(|_| self.live + self.stale > 0)
+            .map(|us| now_us.saturating_sub(us).max(0))
+    }
+}
+
 /// A 128-bit digest as 32 hex digits, as the queue and ledger store it.
 pub fn hex128(v: u128) -> String {
     format!("{v:032x}")

@@ -20,6 +20,10 @@ pub struct StageRun {
     pub repaired: i64,
     /// Why the breaker held the stage, if it did.
     pub held: Option<String>,
+    /// Rows (or objects) of the canonical copy the run read.
+    pub canonical_rows: i64,
+    /// Rows (or objects) of the stage the run read.
+    pub stage_rows: i64,
 }
 
 impl StageRun {
@@ -41,14 +45,15 @@ pub struct StageState {
 }
 
 /// Finished runs only, newest first: `$3` = 1 asks only for those that left it consistent.
-const STAGE_RUN: &str = "SELECT r.run_id, r.mode, r.status, r.finished_us, s.divergent, s.repaired, s.held \
+const STAGE_RUN: &str = "SELECT r.run_id, r.mode, r.status, r.finished_us, s.divergent, s.repaired, s.held, \
+    s.canonical_rows, s.stage_rows \
     FROM run_stages s JOIN runs r ON r.run_id = s.run_id \
     WHERE s.dataset = $1 AND s.stage = $2 AND r.finished_us IS NOT NULL \
       AND r.status IN ('consistent', 'drift', 'held') \
       AND ($3 = 0 OR (s.held IS NULL AND s.divergent <= s.repaired)) \
     ORDER BY r.finished_us DESC, r.run_id DESC LIMIT 1";
 
-type Row = (String, String, String, i64, i64, i64, Option<String>);
+type Row = (String, String, String, i64, i64, i64, Option<String>, i64, i64);
 
 impl ControlPlane {
     /// The latest state of `stage` of `dataset`.
@@ -74,7 +79,8 @@ impl ControlPlane {
                 .fetch_optional(pool)
                 .await
         })?;
-        let Some((run_id, mode, status, finished_us, divergent, repaired, held)) = row else {
+        let Some((run_id, mode, status, finished_us, divergent, repaired, held, canonical_rows, stage_rows)) = row
+        else {
             return Ok(None);
         };
         Ok(Some(StageRun {
@@ -85,6 +91,8 @@ impl ControlPlane {
             divergent,
             repaired,
             held,
+            canonical_rows,
+            stage_rows,
         }))
     }
 }

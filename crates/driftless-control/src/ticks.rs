@@ -5,7 +5,11 @@
 use crate::fleet::queued_run;
 use crate::{ControlError, ControlPlane, Db, RunStart, sqlite_sql};
 
-const INSERT_TICK: &str = "INSERT INTO schedule_ticks (dataset, tick_at_us, run_id) VALUES ($1, $2, $3) \
+/// Only a tick newer than every recorded one: a worker that read the ticks before another
+/// claimed a newer one cannot queue an older, coalesced tick after it.
+const INSERT_TICK: &str = "INSERT INTO schedule_ticks (dataset, tick_at_us, run_id) \
+                           SELECT $1, $2, $3 WHERE NOT EXISTS \
+                             (SELECT 1 FROM schedule_ticks WHERE dataset = $1 AND tick_at_us >= $2) \
                            ON CONFLICT DO NOTHING";
 
 impl ControlPlane {

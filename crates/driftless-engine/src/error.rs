@@ -53,6 +53,14 @@ pub enum EngineError {
     /// No run with this id is recorded in the control plane.
     #[error("run {0}: no such run is recorded in the control plane")]
     UnknownRun(String),
+    /// A long-running worker of a fleet process (the API server, say) could not go on.
+    #[error("{worker}: {reason}")]
+    Worker {
+        /// The worker's name.
+        worker: String,
+        /// Why.
+        reason: String,
+    },
     /// Ctrl-C or SIGTERM stopped the run between steps of work.
     #[error("{0}")]
     Interrupted(String),

@@ -64,6 +64,22 @@ pub async fn submit_run(control: &ControlPlane, run: NewRun) -> Result<String, E
     Ok(start.run_id)
 }
 
+/// Queues the run of `dataset`'s schedule tick at `tick_at_us`, unless another worker
+/// claimed that tick first: `Some(run_id)` for the one claim that wins, fleet-wide.
+pub async fn schedule_run(
+    control: &ControlPlane,
+    dataset: &str,
+    tick_at_us: i64,
+    run: NewRun,
+) -> Result<Option<String>, EngineError> {
+    let start = run_start(run);
+    let won = control
+        .claim_tick(dataset, tick_at_us, &start)
+        .await
+        .map_err(control_err)?;
+    Ok(won.then_some(start.run_id))
+}
+
 fn run_start(run: NewRun) -> RunStart {
     RunStart {
         run_id: uuid::Uuid::now_v7().to_string(),

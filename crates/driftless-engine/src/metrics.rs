@@ -53,6 +53,23 @@ pub enum RepairOutcome {
 }
 
 impl RepairOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [RepairOutcome; 8] = [
+        RepairOutcome::Applied,
+        RepairOutcome::AlreadyApplied,
+        RepairOutcome::SkippedNewer,
+        RepairOutcome::Resolved,
+        RepairOutcome::Failed,
+        RepairOutcome::Dead,
+        RepairOutcome::Planned,
+        RepairOutcome::NoStatement,
+    ];
+
+    /// The outcome whose label (and ledger outcome) is `label`.
+    pub fn parse(label: &str) -> Option<RepairOutcome> {
+        RepairOutcome::ALL.into_iter().find(|o| o.as_str() == label)
+    }
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -15,6 +15,9 @@ use driftless_engine::{PaceConfig, RepairMode, RepairSettings, StagePolicy};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::schedule_config::{self, Schedule, ScheduleConfig};
+pub use crate::serve_config::ServeConfig;
+
 /// The whole config file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +35,9 @@ pub struct Config {
     /// whole. Default 1000.
     #[serde(default)]
     pub report_limit: Option<usize>,
+    /// The HTTP API of `serve` and `worker --listen`.
+    #[serde(default)]
+    pub serve: ServeConfig,
     /// The datasets, in the order reports list them.
     #[serde(default)]
     pub datasets: Vec<Dataset>,
@@ -143,6 +149,12 @@ pub struct Dataset {
     /// Default `etag` when a copy is on S3, `content` otherwise. Overridable per copy.
     #[serde(default)]
     pub compare: Option<Spanned<String>>,
+    /// When the fleet's `schedule` workers start runs of this dataset.
+    #[serde(default)]
+    pub schedule: Option<ScheduleConfig>,
+    /// Maintenance windows of every stage, in the schedule's time zone (UTC without one).
+    #[serde(default)]
+    pub blackout: Vec<Spanned<String>>,
     /// The canonical copy.
     pub canonical: CopyConfig,
     /// The stages, in channel order; each needs a `name`.
@@ -186,6 +198,9 @@ pub struct CopyConfig {
     /// This stage's repair settings, over its dataset's. Not allowed on canonical.
     #[serde(default)]
     pub repair: Option<Spanned<RepairPolicyConfig>>,
+    /// This stage's maintenance windows, besides its dataset's. Not allowed on canonical.
+    #[serde(default)]
+    pub blackout: Vec<Spanned<String>>,
 }
 
 /// A config file read and checked, with what is needed to point errors at lines.
@@ -323,6 +338,13 @@ fn check(config: &Config, loaded: &Source<'_>) -> Result<()> {
                 loaded.at(n.span())
             );
         }
+        if let Some(w) = d.canonical.blackout.first() {
+            bail!(
+                "{}: dataset {name:?}: the canonical copy is never repaired; `blackout` belongs to the dataset or a stage",
+                loaded.at(w.span())
+            );
+        }
+        d.schedule(loaded)?;
         if let Some(r) = &d.canonical.repair {
             bail!(
                 "{}: dataset {name:?}: the canonical copy is never repaired; `repair` belongs to the dataset or a stage",
@@ -479,7 +501,25 @@ impl Dataset {
                 line(Some(c.span()))
             );
         }
+        let at = |span: Range<usize>| loaded.at(span);
+        let tz = schedule_config::timezone(self.schedule.as_ref(), name, &at)?;
+        let windows: Vec<&Spanned<String>> = self.blackout.iter().chain(&stage.blackout).collect();
+        policy.blackout = schedule_config::blackouts(
+            &windows,
+            tz,
+            &format!("dataset {name:?}, stage {stage_name:?}: blackout"),
+            &at,
+        )?;
         Ok(policy)
+    }
+
+    /// The dataset's schedule, checked; `None` without one.
+    pub fn schedule(&self, loaded: &Source<'_>) -> Result<Option<Schedule>> {
+        let at = |span: Range<usize>| loaded.at(span);
+        self.schedule
+            .as_ref()
+            .map(|s| s.build(self.name.get_ref(), &at))
+            .transpose()
     }
 }
 

@@ -4,6 +4,7 @@
 //! The binary is `driftless-under-test`, this package's build of the `driftless` command
 //! line, so it is always current; tests run it through the [`run_driftless!`] macro.
 
+pub mod http;
 pub mod s3;
 
 use std::collections::BTreeSet;

@@ -21,7 +21,13 @@ Examples:
 pub const WORKER: &str = "\
 Examples:
   driftless worker --config /etc/driftless/driftless.toml
-  driftless worker --roles scan --concurrency 2";
+  driftless worker --roles scan --concurrency 2
+  driftless worker --roles scan,repair,schedule --listen :8080   also serve the API";
+
+pub const SERVE: &str = "\
+Examples:
+  DRIFTLESS_API_TOKENS=$(cat token) driftless serve --listen 127.0.0.1:8080
+  curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:8080/v1/status";
 
 pub const RUNS: &str = "\
 Examples:

@@ -64,12 +64,7 @@ fn judge(state: &StageState, args: &GateArgs, now: i64) -> Verdict {
         None => reasons.push("no finished run has covered this stage".to_owned()),
         Some(run) => judge_run(run, args, &mut reasons),
     }
-    let pending = state.depth.live + state.depth.stale;
-    let lag = state
-        .depth
-        .oldest_first_seen_us
-        .filter(|_| pending > 0)
-        .map(|us| since(us, now));
+    let lag = state.depth.lag_us(now).map(|us| since(now - us, now));
     if let (Some(max), Some(lag)) = (args.max_lag, lag)
         && lag > max
     {

@@ -12,18 +12,27 @@
 //! - `submit`: `--submit` (a run queued for the fleet, waited on) and `driftless runs`.
 //! - `worker`: `driftless worker`, the fleet's process: a run driver and segment digesters
 //!   under one supervisor.
+//! - `schedule`: the `schedule` role, one run per dataset schedule tick fleet-wide.
+//! - `api`, `serve`: the HTTP API, in `driftless serve` and `driftless worker --listen`.
+//! - `heartbeat`: each fleet process's record in the control plane.
 //! - `demo`: builds a small world with known drift and scans it.
 //!
 //! Exit status follows Terraform's `-detailed-exitcode`: 0 every stage consistent, 2 drift
 //! found or left unrepaired (a held run included), 1 error.
 
+mod api;
 mod config;
 mod demo;
 mod examples;
 mod gate;
+mod heartbeat;
 mod open;
 mod render;
 mod run;
+mod schedule;
+mod schedule_config;
+mod serve;
+mod serve_config;
 mod signals;
 mod submit;
 mod worker;
@@ -73,6 +82,10 @@ enum Command {
     /// sharing the control plane with any number of other workers.
     #[command(after_help = examples::WORKER)]
     Worker(WorkerArgs),
+    /// Serve the HTTP API (runs, status, metrics) until SIGTERM; runs it creates are driven
+    /// by `driftless worker` processes.
+    #[command(after_help = examples::SERVE)]
+    Serve(ServeArgs),
     /// May this stage be promoted? Exit 0 yes, 2 no (drift, lag or age over the limits), 1
     /// error; it says why. Reads the control plane's latest state of the stage.
     #[command(after_help = examples::GATE)]
@@ -128,6 +141,8 @@ enum Role {
     Scan,
     /// Drive submitted repair runs.
     Repair,
+    /// Queue the runs of dataset schedules (one run per tick, fleet-wide).
+    Schedule,
 }
 
 /// Flags of `driftless worker`.
@@ -139,6 +154,17 @@ struct WorkerArgs {
     /// Segments digested at once.
     #[arg(long, default_value_t = 1, value_name = "N")]
     concurrency: usize,
+    /// Also serve the HTTP API on ADDR (`127.0.0.1:8080`, `:8080`).
+    #[arg(long, value_name = "ADDR", value_parser = serve::parse_listen)]
+    listen: Option<std::net::SocketAddr>,
+}
+
+/// Flags of `driftless serve`.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Where to serve the API (`127.0.0.1:8080`, `:8080`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = serve::parse_listen)]
+    listen: std::net::SocketAddr,
 }
 
 /// Flags of `driftless gate` (with exactly one `--dataset` and one `--stage`).
@@ -272,6 +298,7 @@ pub fn main() -> ExitCode {
             Command::Repair(args) if args.scan.submit.submit => submit::repair(common, &args).await,
             Command::Repair(args) => run::repair(common, &args).await,
             Command::Worker(args) => worker::run(common, &args).await,
+            Command::Serve(args) => serve::run(common, &args).await,
             Command::Runs(args) => submit::runs(common, &args).await,
             Command::Gate(args) => gate::run(common, &args).await,
             Command::Completions { shell } => Ok(completions(shell)),

@@ -42,6 +42,28 @@ pub struct Selection {
     pub dry_run: bool,
 }
 
+/// Chosen keys: where they came from (a file's name), and each with its line or position.
+pub type KeyList = (String, Vec<(usize, Json)>);
+
+impl Selection {
+    /// `datasets` and `stages` (empty: all), limited to `keys` (named by where they came
+    /// from, each with its line or position) and to rows changed at or after `since_us`.
+    pub fn new(
+        datasets: Vec<String>,
+        stages: Vec<String>,
+        keys: Option<KeyList>,
+        since_us: Option<i64>,
+        dry_run: bool,
+    ) -> Selection {
+        Selection {
+            datasets,
+            stages,
+            scope: Scope { keys, since_us },
+            dry_run,
+        }
+    }
+}
+
 /// Runs a scan; `Ok(true)` when drift was found.
 pub async fn scan(common: &Common, args: &ScanArgs) -> Result<bool> {
     let loaded = config::load(&common.config)?;

@@ -48,13 +48,7 @@ async fn submit(
 ) -> Result<bool> {
     check_selection(loaded, selection)?;
     let control = open_control(loaded).await?;
-    let run = NewRun {
-        mode,
-        started_by: started_by(),
-        config_digest: loaded.digest(),
-        scope: scope_json(selection),
-    };
-    let run_id = lifecycle::submit_run(&control, run).await?;
+    let run_id = queue(loaded, &control, selection, mode, started_by()).await?;
     if args.no_wait {
         println!("{run_id}");
         return Ok(false);
@@ -71,6 +65,24 @@ async fn submit(
     };
     render::write(&report, output)?;
     Ok(report.has_drift() || report.held())
+}
+
+/// Queues a run of `selection` (checked against the config already) for the fleet and
+/// returns its id.
+pub async fn queue(
+    loaded: &Loaded,
+    control: &ControlPlane,
+    selection: &Selection,
+    mode: Mode,
+    started_by: String,
+) -> Result<String> {
+    let run = NewRun {
+        mode,
+        started_by,
+        config_digest: loaded.digest(),
+        scope: scope_json(selection),
+    };
+    Ok(lifecycle::submit_run(control, run).await?)
 }
 
 /// A run's report once it has finished: `None` while it is queued or running, an error
@@ -117,6 +129,11 @@ pub async fn runs(common: &Common, args: &RunsArgs) -> Result<bool> {
 }
 
 fn runs_json(runs: &[driftless_control::RunSummary]) -> Result<String> {
+    Ok(serde_json::to_string_pretty(&runs_value(runs))? + "\n")
+}
+
+/// Recent runs as the JSON `runs` prints and the API answers.
+pub fn runs_value(runs: &[driftless_control::RunSummary]) -> Json {
     let list: Vec<Json> = runs
         .iter()
         .map(|r| {
@@ -131,7 +148,7 @@ fn runs_json(runs: &[driftless_control::RunSummary]) -> Result<String> {
             })
         })
         .collect();
-    Ok(serde_json::to_string_pretty(&list)? + "\n")
+    Json::Array(list)
 }
 
 fn runs_table(runs: &[driftless_control::RunSummary]) -> String {

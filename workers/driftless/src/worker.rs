@@ -1,9 +1,11 @@
 //! `driftless worker`: the fleet's long-running process. Under one supervisor it steps a
 //! run driver (claims a submitted run and drives it, holding the run by a heartbeated lease)
-//! and `--concurrency` segment digesters (claim any running run's segments), until SIGTERM
+//! and `--concurrency` segment digesters (claim any running run's segments), with the
+//! `schedule` role a scheduler, with `--listen` the HTTP API, and a heartbeat, until SIGTERM
 //! or Ctrl-C; then it hands back what it holds, so that another worker takes it at once.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -16,9 +18,12 @@ use driftless_engine::segment::SegmentWorker;
 use driftless_engine::{EngineError, Mode, Shutdown, Supervisor, WorkContext, Worker, WorkerState};
 use tracing::{info, warn};
 
+use crate::api::{ApiState, ApiWorker};
 use crate::config::{self, Loaded};
+use crate::heartbeat::Heartbeat;
 use crate::open::open_control;
 use crate::run::{self, Selection};
+use crate::schedule::ScheduleWorker;
 use crate::{Common, Role, WorkerArgs, signals};
 
 /// How long a driver with no run to claim waits before looking again.
@@ -28,7 +33,7 @@ const CONTROL_RETRY: Duration = Duration::from_secs(1);
 
 /// Runs the worker until a stop signal; `Ok(false)`: it stopped cleanly.
 pub async fn run(common: &Common, args: &WorkerArgs) -> Result<bool> {
-    let loaded = config::load(&common.config)?;
+    let loaded = Arc::new(config::load(&common.config)?);
     let control = open_control(&loaded).await?;
     let owner = run::worker_id();
     let lease = Duration::from_secs(loaded.config.repair_settings().lease_secs.max(1));
@@ -36,9 +41,10 @@ pub async fn run(common: &Common, args: &WorkerArgs) -> Result<bool> {
     let modes: Vec<Mode> = args
         .roles
         .iter()
-        .map(|r| match r {
-            Role::Scan => Mode::Scan,
-            Role::Repair => Mode::Repair,
+        .filter_map(|r| match r {
+            Role::Scan => Some(Mode::Scan),
+            Role::Repair => Some(Mode::Repair),
+            Role::Schedule => None,
         })
         .collect();
     let mut digesters = Vec::new();
@@ -50,6 +56,17 @@ pub async fn run(common: &Common, args: &WorkerArgs) -> Result<bool> {
             digesters.push(SegmentWorker::new(plans, control, owner, loaded.digest(), lease));
         }
     }
+    let mut scheduler = match args.roles.contains(&Role::Schedule) {
+        true => Some(ScheduleWorker::new(&loaded, control.clone())?),
+        false => None,
+    };
+    let mut api = match args.listen {
+        Some(addr) => {
+            let state = ApiState::new(loaded.clone(), control.clone())?;
+            Some(ApiWorker::bind(addr, state, shutdown.clone()).await?)
+        }
+        None => None,
+    };
     let mut driver = RunDriver {
         loaded: &loaded,
         control: control.clone(),
@@ -58,19 +75,27 @@ pub async fn run(common: &Common, args: &WorkerArgs) -> Result<bool> {
         lease,
         shutdown: shutdown.clone(),
     };
-    let names: Vec<&str> = modes.iter().map(|m| m.as_str()).collect();
+    let roles = role_names(args);
+    let mut heartbeat = Heartbeat::new(control.clone(), owner.clone(), roles.clone());
     eprintln!(
         "driftless: worker {owner} started (roles {}, {} segment digesters)",
-        names.join(","),
+        roles.join(","),
         digesters.len()
     );
     let mut supervisor = Supervisor::new(&shutdown);
-    supervisor.add(&mut driver);
+    supervisor.add(&mut driver).add(&mut heartbeat);
     for d in &mut digesters {
         supervisor.add(d);
     }
+    if let Some(s) = &mut scheduler {
+        supervisor.add(s);
+    }
+    if let Some(a) = &mut api {
+        supervisor.add(a);
+    }
     let result = supervisor.run().await;
     let handed_back = hand_back(&control, &owner).await;
+    heartbeat.forget().await;
     match result {
         Ok(()) => Ok(false),
         Err(EngineError::Interrupted(why)) => {
@@ -79,6 +104,24 @@ pub async fn run(common: &Common, args: &WorkerArgs) -> Result<bool> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The roles as the heartbeat records them (`serve` with `--listen`).
+fn role_names(args: &WorkerArgs) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = args
+        .roles
+        .iter()
+        .map(|r| match r {
+            Role::Scan => "scan",
+            Role::Repair => "repair",
+            Role::Schedule => "schedule",
+        })
+        .collect();
+    if args.listen.is_some() {
+        names.push("serve");
+    }
+    names.dedup();
+    names
 }
 
 /// Hands back every run, segment and queue entry `owner` holds; returns how many.

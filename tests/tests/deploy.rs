@@ -6,10 +6,10 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use driftless_tests::sqlite_exec;
 use serde_norway::Value as Yaml;
@@ -195,6 +195,96 @@ fn kubernetes_manifests_validate_against_the_schemas() {
     assert_eq!(checked, listed.len(), "kustomization.yaml lists a missing file");
 }
 
+/// Every metric name driftless exports: the `"driftless_..."` string literals of the Rust
+/// sources of crates/ and workers/ (where the registries are), so a renamed metric breaks
+/// the dashboard check here, not in production.
+fn exported_metrics() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut stack = vec![root().join("crates"), root().join("workers")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = read(&path);
+                for (i, _) in text.match_indices("\"driftless_") {
+                    let name: String = text[i + 1..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                        .collect();
+                    if text[i + 1 + name.len()..].starts_with('"') {
+                        names.insert(name);
+                    }
+                }
+            }
+        }
+    }
+    names
+}
+
+/// The `driftless_[a-z_]+` identifiers of a query.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for (i, _) in expr.match_indices("driftless_") {
+        if i > 0 && expr[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let name: String = expr[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        found.push(name);
+    }
+    found
+}
+
+fn assert_exported(what: &str, expr: &str, exported: &BTreeSet<String>) {
+    let names = metric_names(expr);
+    assert!(!names.is_empty(), "{what}: names no driftless metric: {expr}");
+    for name in names {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|b| exported.contains(*b)))
+            .unwrap_or(&name);
+        assert!(
+            exported.contains(base),
+            "{what}: {name} is not a metric driftless exports: {expr}"
+        );
+    }
+}
+
+#[test]
+fn dashboard_and_rules_name_only_exported_metrics() {
+    let exported = exported_metrics();
+    assert!(exported.contains("driftless_divergent_keys"), "{exported:?}");
+    let dashboard: serde_json::Value = serde_json::from_str(&read(&deploy("grafana/driftless.json"))).unwrap();
+    let vars: BTreeSet<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(vars.contains("dataset") && vars.contains("stage"), "{vars:?}");
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 12);
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap_or_default();
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no query");
+        for t in targets {
+            assert_exported(title, t["expr"].as_str().unwrap(), &exported);
+        }
+    }
+    let rules: Yaml = serde_norway::from_str(&read(&deploy("prometheus/driftless.rules.yaml"))).unwrap();
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let name = rule["alert"].as_str().unwrap_or_default();
+            assert_exported(name, rule["expr"].as_str().unwrap(), &exported);
+        }
+    }
+}
+
 #[test]
 fn containerfile_is_multi_stage_pinned_non_root_exec_form() {
     let text = read(&deploy("Containerfile"));
@@ -311,6 +401,80 @@ fn localise(args: &[String], config: &Path, replace: &[(&str, String)]) -> Vec<S
                 .unwrap_or(a.clone())
         })
         .collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[tokio::test]
+async fn the_deployments_worker_flags_are_the_binarys() {
+    let deployment = manifest_doc("deployment.yaml");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args = args_of(container);
+    assert_eq!(args[0], "worker");
+    // The grace period outlasts the config's shutdown deadline.
+    let config: Yaml = manifest_doc("configmap.yaml");
+    let toml_text = config["data"]["driftless.toml"].as_str().unwrap();
+    let shutdown: u64 = toml_text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("shutdown_secs = "))
+        .expect("shutdown_secs in the ConfigMap")
+        .parse()
+        .unwrap();
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        grace > shutdown,
+        "terminationGracePeriodSeconds {grace} <= shutdown_secs {shutdown}"
+    );
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(container[probe]["httpGet"]["path"].as_str(), Some(path));
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = world(dir.path()).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let local = localise(&args, &config, &[("0.0.0.0:8080", addr.clone())]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_driftless-under-test"))
+        .args(&local)
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let healthy = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "driftless {local:?} exited {status} instead of serving:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if let Some(answer) = http_get(&addr, "/healthz") {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "/healthz never answered on {addr}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(healthy.starts_with("HTTP/1.1 200"), "{healthy}");
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test]

@@ -86,6 +86,45 @@ impl Tokens {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
+        self.check(token, need)
+    }
+
+    /// Whether the status page may be shown: a bearer token, HTTP Basic credentials whose
+    /// password is a token (`http://driftless:TOKEN@host/`), or the login form's cookie.
+    /// Pages only read, so they take no other kind of credential for writes.
+    pub fn page_access(&self, headers: &HeaderMap) -> bool {
+        if self.require(headers, Access::Read).is_ok() {
+            return true;
+        }
+        let basic = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| base64_decode(b.trim()))
+            .and_then(|pair| pair.split_once(':').map(|(_, token)| token.to_owned()));
+        let cookie = headers
+            .get_all(axum::http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix(COOKIE_PREFIX).and_then(unhex));
+        [basic, cookie]
+            .into_iter()
+            .flatten()
+            .any(|t| self.check(Some(&t), Access::Read).is_ok())
+    }
+
+    /// The `Set-Cookie` value that logs a browser in with `token`, when `token` is known.
+    pub fn login_cookie(&self, token: &str, secure: bool) -> Option<String> {
+        self.access(token)?;
+        let hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
+        let secure = if secure { "; Secure" } else { "" };
+        Some(format!(
+            "{COOKIE_PREFIX}{hex}; Path=/; HttpOnly; SameSite=Strict{secure}"
+        ))
+    }
+
+    fn check(&self, token: Option<&str>, need: Access) -> Result<(), ApiError> {
         let Some(access) = token.and_then(|t| self.access(t)) else {
             return Err(ApiError::unauthorized());
         };
@@ -96,6 +135,24 @@ impl Tokens {
         }
         Ok(())
     }
+}
+
+/// The login cookie, `driftless_token=HEX`: the token hex-encoded, so any token is a valid
+/// cookie value.
+const COOKIE_PREFIX: &str = "driftless_token=";
+
+fn unhex(text: &str) -> Option<String> {
+    let bytes = (0..text.len())
+        .step_by(2)
+        .map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+fn base64_decode(text: &str) -> Option<String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
+    String::from_utf8(bytes).ok()
 }
 
 #[cfg(test)]
@@ -141,6 +198,21 @@ mod tests {
                 .as_u16(),
             401
         );
+    }
+
+    #[test]
+    fn pages_take_basic_credentials_and_the_login_cookie() {
+        let tokens = Tokens::load(None, Some("ro:page-token")).unwrap();
+        let mut basic = HeaderMap::new();
+        basic.insert(AUTHORIZATION, "Basic ZHJpZnRsZXNzOnBhZ2UtdG9rZW4=".parse().unwrap());
+        assert!(tokens.page_access(&basic));
+        let cookie = tokens.login_cookie("page-token", false).unwrap();
+        let mut jar = HeaderMap::new();
+        let value = cookie.split(';').next().unwrap().to_owned();
+        jar.insert(axum::http::header::COOKIE, format!("other=1; {value}").parse().unwrap());
+        assert!(tokens.page_access(&jar));
+        assert!(tokens.login_cookie("wrong", false).is_none());
+        assert!(!tokens.page_access(&HeaderMap::new()));
     }
 
     #[test]

@@ -4,11 +4,13 @@
 //!
 //! - `POST /v1/runs`, `GET /v1/runs`, `GET /v1/runs/{id}`, `GET /v1/runs/{id}/divergences`,
 //!   `POST /v1/runs/{id}/approve` ([`runs`]);
-//! - `GET /v1/status`, `GET /metrics`, `GET /healthz`, `GET /readyz` ([`status`]).
+//! - `GET /v1/status`, `GET /metrics`, `GET /healthz`, `GET /readyz` ([`status`]);
+//! - the status page, `GET /` and `GET /runs/{id}`, with a login form ([`page`]).
 
 mod auth;
 mod error;
 mod metrics;
+mod page;
 mod request;
 mod runs;
 mod status;
@@ -45,6 +47,8 @@ pub struct Shared {
     pub control: ControlPlane,
     /// The tokens accepted.
     pub tokens: Tokens,
+    /// Whether it is served over TLS (the login cookie is then `Secure`).
+    pub tls: bool,
 }
 
 impl Deref for ApiState {
@@ -68,10 +72,12 @@ impl ApiState {
                 "no API tokens: set [serve] tokens_file or {TOKENS_ENV}; every route but /healthz and /readyz answers 401"
             );
         }
+        let tls = serve.tls_cert.is_some();
         Ok(ApiState(Arc::new(Shared {
             loaded,
             control,
             tokens,
+            tls,
         })))
     }
 }
@@ -85,6 +91,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/runs/{id}/approve", post(runs::approve))
         .route("/v1/status", get(status::status))
         .route("/metrics", get(status::metrics))
+        .route("/", get(page::status))
+        .route("/login", post(page::login))
+        .route("/runs/{id}", get(page::run))
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -9,6 +9,8 @@ use serde_json::{Value as Json, json};
 
 use super::ApiState;
 use super::error::ApiError;
+use crate::run::{self, Selection};
+use driftless_engine::{Mode, RunStatus};
 
 /// What a stage looks like now, in one word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +21,8 @@ pub enum Condition {
     Consistent,
     /// Its latest run left divergent keys.
     Drift,
+    /// A repair run covering it is under way.
+    Repairing,
     /// The breaker held its repair; a person must approve it.
     Held,
     /// Some of its divergences failed too often and were parked.
@@ -32,6 +36,7 @@ impl Condition {
             Condition::Unknown => "unknown",
             Condition::Consistent => "consistent",
             Condition::Drift => "drift",
+            Condition::Repairing => "repairing",
             Condition::Held => "held",
             Condition::Dead => "dead",
         }
@@ -51,6 +56,8 @@ pub struct StageView {
     pub lag: Option<Duration>,
     /// Whether a maintenance window is open now.
     pub blackout: bool,
+    /// Whether a repair run covering it is under way.
+    pub repairing: bool,
 }
 
 impl StageView {
@@ -62,10 +69,11 @@ impl StageView {
             .map_or(0, |r| (r.divergent - r.repaired).max(0))
     }
 
-    /// The stage in one word: held over dead over drift.
+    /// The stage in one word: held over repairing over dead over drift.
     pub fn condition(&self) -> Condition {
         match &self.state.last_run {
             Some(r) if r.held.is_some() => Condition::Held,
+            _ if self.repairing => Condition::Repairing,
             _ if self.state.depth.dead > 0 => Condition::Dead,
             None => Condition::Unknown,
             Some(r) if r.is_good() => Condition::Consistent,
@@ -101,6 +109,7 @@ impl StageView {
 pub async fn stages(api: &ApiState) -> Result<Vec<StageView>, ApiError> {
     let now = now_us();
     let wall = chrono::Utc::now();
+    let repairs = running_repairs(api).await?;
     let mut views = Vec::new();
     for d in &api.loaded.config.datasets {
         for s in &d.stages {
@@ -114,14 +123,39 @@ pub async fn stages(api: &ApiState) -> Result<Vec<StageView>, ApiError> {
                 .policy(s, &api.loaded.source())
                 .map(|p| p.blackout.is_inside(wall))
                 .unwrap_or(false);
+            let repairing = repairs.iter().any(|r| covers(r, &dataset, &stage));
             views.push(StageView {
                 dataset,
                 stage,
                 state,
                 lag,
                 blackout,
+                repairing,
             });
         }
     }
     Ok(views)
+}
+
+/// How many recent runs are looked through for repairs under way.
+const RECENT: u32 = 50;
+
+/// The selections of the repair runs running now (among the recent ones).
+async fn running_repairs(api: &ApiState) -> Result<Vec<Selection>, ApiError> {
+    let mut selections = Vec::new();
+    for run in api.control.recent_runs(None, RECENT).await? {
+        if run.mode != Mode::Repair || run.status != RunStatus::Running {
+            continue;
+        }
+        let scope = api.control.run_info(&run.run_id).await?.and_then(|i| i.scope);
+        if let Some(selection) = scope.and_then(|s| run::selection_from_json(&s).ok()) {
+            selections.push(selection);
+        }
+    }
+    Ok(selections)
+}
+
+fn covers(selection: &Selection, dataset: &str, stage: &str) -> bool {
+    let named = |names: &[String], name: &str| names.is_empty() || names.iter().any(|n| n == name);
+    named(&selection.datasets, dataset) && named(&selection.stages, stage)
 }

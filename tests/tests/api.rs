@@ -264,6 +264,14 @@ async fn runs_created_and_approved_through_the_api_heal_their_stages_and_metrics
     assert_eq!(sample(&after, "driftless_consistency_ratio", Some("b")), Some(1.0));
     assert_eq!(sample(&after, "driftless_repairs_total", Some("b")), Some(5.0));
     assert_eq!(sample(&after, "driftless_queue_depth", Some("b")), Some(0.0));
+    assert_eq!(
+        sample(&after, "driftless_reconciliation_lag_seconds_count", Some("b")),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(&after, "driftless_reconciliation_lag_seconds_count", Some("a")),
+        Some(3.0)
+    );
     let runs = api.get("/v1/runs?dataset=t&limit=10", Some(RO)).await.json();
     let ids: Vec<&str> = runs
         .as_array()
@@ -296,6 +304,17 @@ async fn serve_alone_reads_the_control_plane_a_worker_writes() {
         );
         assert_eq!(s["last_run"]["run_id"], scan.report()["run_id"], "{s}");
     }
+    // A one-shot repair of stage a, read back by the serving process from the SQLite ledger.
+    let repair = driftless_tests::run_driftless!(dir.path(), &["repair", "--stage", "a", "--report", "json"]);
+    assert_eq!(repair.code, Some(0), "{}", repair.stderr);
+    let metrics = scrape(&api).await;
+    assert_eq!(
+        sample(&metrics, "driftless_reconciliation_lag_seconds_count", Some("a")),
+        Some(3.0)
+    );
+    assert_eq!(sample(&metrics, "driftless_repairs_total", Some("a")), Some(3.0));
+    assert_eq!(sample(&metrics, "driftless_divergent_keys", Some("a")), Some(0.0));
+    assert_eq!(sample(&metrics, "driftless_divergent_keys", Some("b")), Some(5.0));
     let taken = driftless_tests::run_driftless!(dir.path(), &["serve", "--listen", &listen]);
     assert_eq!(taken.code, Some(1));
     assert!(

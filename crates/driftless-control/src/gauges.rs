@@ -31,6 +31,22 @@ pub struct RepairCount {
     pub count: i64,
 }
 
+/// One stage's repairs by how long each waited from first detection: how many waited at
+/// most each bound, how many in all, and their total wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LagCounts {
+    /// The dataset.
+    pub dataset: String,
+    /// The stage.
+    pub stage: String,
+    /// Per bound (in the order asked), the repairs that waited at most that long.
+    pub at_most: Vec<i64>,
+    /// Every repair.
+    pub count: i64,
+    /// Their waits added up, microseconds.
+    pub sum_us: i64,
+}
+
 const HEARTBEAT: &str = "INSERT INTO workers (worker_id, roles, heartbeat_us) VALUES ($1, $2, $3) \
                          ON CONFLICT (worker_id) DO UPDATE SET roles = excluded.roles, heartbeat_us = excluded.heartbeat_us";
 
@@ -104,6 +120,39 @@ impl ControlPlane {
                 count,
             })
             .collect())
+    }
+
+    /// Repairs made (applied, or found made) per stage, counted against each of `bounds_us`
+    /// by their wait from first detection: the reconciliation-lag histogram, fleet-wide.
+    pub async fn repair_lags(&self, bounds_us: &[i64]) -> Result<Vec<LagCounts>, ControlError> {
+        use sqlx::Row as _;
+        let mut sql =
+            "SELECT dataset, stage, COUNT(*), CAST(COALESCE(SUM(applied_us - first_seen_us), 0) AS BIGINT)".to_owned();
+        for b in bounds_us {
+            // Integers this code chose, not input: nothing to bind.
+            sql.push_str(&format!(
+                ", CAST(SUM(CASE WHEN applied_us - first_seen_us <= {b} THEN 1 ELSE 0 END) AS BIGINT)"
+            ));
+        }
+        sql.push_str(
+            " FROM repairs WHERE outcome IN ('applied', 'resolved') AND first_seen_us > 0 GROUP BY dataset, stage",
+        );
+        let n = bounds_us.len();
+        on_db!(self, |pool, _sql| {
+            sqlx::query(&sql).fetch_all(pool).await.and_then(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        Ok(LagCounts {
+                            dataset: r.try_get(0)?,
+                            stage: r.try_get(1)?,
+                            count: r.try_get(2)?,
+                            sum_us: r.try_get(3)?,
+                            at_most: (0..n).map(|i| r.try_get(4 + i)).collect::<Result<_, _>>()?,
+                        })
+                    })
+                    .collect()
+            })
+        })
     }
 
     /// Up to `limit` of the divergences run `run_id` detected last in a stage, in key order,

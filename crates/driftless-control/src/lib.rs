@@ -60,7 +60,7 @@ pub mod status;
 pub mod ticks;
 
 pub use fleet::{ClaimedRun, RunSummary, Segment};
-pub use gauges::{DeadCount, RepairCount};
+pub use gauges::{DeadCount, LagCounts, RepairCount};
 pub use ledger::{Intent, KeyLedger, LedgerRow, LedgerUpdate, Settle};
 pub use queue::{Backoff, Depth, Detected, EntryRecord, Leased, Settlement};
 pub use state::{StageRun, StageState};

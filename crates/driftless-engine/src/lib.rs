@@ -49,6 +49,7 @@ pub mod pace;
 pub mod plan;
 pub mod policy;
 pub mod repair;
+mod repair_outcome;
 pub mod report;
 pub mod resume;
 pub mod run;

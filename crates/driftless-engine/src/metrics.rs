@@ -14,6 +14,8 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
+pub use crate::repair_outcome::RepairOutcome;
+
 use prometheus::{
     CounterVec, Encoder as _, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -31,63 +33,9 @@ pub enum MetricsError {
     Encode(String),
 }
 
-/// How a repair ended, as the `outcome` label of `driftless_repairs_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RepairOutcome {
-    /// The write was made.
-    Applied,
-    /// The ledger already held this repair id: counted, not repeated.
-    AlreadyApplied,
-    /// The stage changed since detection; the newer value was kept.
-    SkippedNewer,
-    /// Re-verification found the stage already equal to canonical.
-    Resolved,
-    /// The attempt failed and will be retried.
-    Failed,
-    /// Failed too often; parked as dead.
-    Dead,
-    /// Planned only (`--dry-run`, report mode, or held by the breaker).
-    Planned,
-    /// Compensate mode has no statement for the divergence's kind: left as it is.
-    NoStatement,
-}
-
-impl RepairOutcome {
-    /// Every outcome, in label order.
-    pub const ALL: [RepairOutcome; 8] = [
-        RepairOutcome::Applied,
-        RepairOutcome::AlreadyApplied,
-        RepairOutcome::SkippedNewer,
-        RepairOutcome::Resolved,
-        RepairOutcome::Failed,
-        RepairOutcome::Dead,
-        RepairOutcome::Planned,
-        RepairOutcome::NoStatement,
-    ];
-
-    /// The outcome whose label (and ledger outcome) is `label`.
-    pub fn parse(label: &str) -> Option<RepairOutcome> {
-        RepairOutcome::ALL.into_iter().find(|o| o.as_str() == label)
-    }
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RepairOutcome::Applied => "applied",
-            RepairOutcome::AlreadyApplied => "already_applied",
-            RepairOutcome::SkippedNewer => "skipped_newer",
-            RepairOutcome::Resolved => "resolved",
-            RepairOutcome::Failed => "failed",
-            RepairOutcome::Dead => "dead",
-            RepairOutcome::Planned => "planned",
-            RepairOutcome::NoStatement => "no_statement",
-        }
-    }
-}
-
 /// Buckets of the lag histogram, in seconds: from a repair in the same run (about a second)
 /// to a divergence that waited for a weekly run.
-const LAG_BUCKETS: &[f64] = &[
+pub const LAG_BUCKETS: &[f64] = &[
     1.0,
     5.0,
     15.0,

@@ -3,13 +3,17 @@
 //! queue depth, oldest pending divergence, last success, dead entries, blackout and repairs by
 //! outcome; fleet-wide the runs held for approval and the workers heartbeating by role.
 //!
-//! The counters of work one process did (rows digested, backpressure, lag and run-duration
-//! histograms) are not kept in the control plane; a one-shot run writes or pushes them.
+//! The reconciliation-lag histogram is counted from the ledger (each repair's wait from first
+//! detection). The counters of work one process did (rows digested, backpressure, duplicate
+//! commits, run durations) are not kept in the control plane; a one-shot run writes or
+//! pushes them.
 
 use std::time::Duration;
 
 use driftless_engine::context::now_us;
+use driftless_engine::metrics::LAG_BUCKETS;
 use driftless_engine::{Metrics, RepairOutcome, blackout_metrics};
+use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use super::ApiState;
@@ -85,9 +89,53 @@ async fn fleet(api: &ApiState, views: &[StageView]) -> Result<String, ApiError> 
     for (role, n) in api.control.workers_by_role(since).await? {
         workers.with_label_values(&[&role]).set(n);
     }
+    let mut families = registry.gather();
+    families.extend(lag_family(api).await?);
     let mut out = Vec::new();
     TextEncoder::new()
-        .encode(&registry.gather(), &mut out)
+        .encode(&families, &mut out)
         .map_err(|e| ApiError::internal(&e.into()))?;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// `driftless_reconciliation_lag_seconds` from the ledger, in the engine's buckets; `None`
+/// before any repair.
+async fn lag_family(api: &ApiState) -> Result<Option<MetricFamily>, ApiError> {
+    let bounds: Vec<i64> = LAG_BUCKETS.iter().map(|s| (s * 1e6) as i64).collect();
+    let stages = api.control.repair_lags(&bounds).await?;
+    if stages.is_empty() {
+        return Ok(None);
+    }
+    let label = |name: &str, value: &str| {
+        let mut l = LabelPair::default();
+        l.set_name(name.to_owned());
+        l.set_value(value.to_owned());
+        l
+    };
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    let mut family = MetricFamily::default();
+    family.set_name("driftless_reconciliation_lag_seconds".to_owned());
+    family.set_help("Time from a divergence's first detection to its repair.".to_owned());
+    family.set_field_type(MetricType::HISTOGRAM);
+    for s in stages {
+        let buckets = LAG_BUCKETS
+            .iter()
+            .zip(&s.at_most)
+            .map(|(bound, n)| {
+                let mut b = Bucket::default();
+                b.set_upper_bound(*bound);
+                b.set_cumulative_count(count(*n));
+                b
+            })
+            .collect();
+        let mut histogram = Histogram::default();
+        histogram.set_bucket(buckets);
+        histogram.set_sample_count(count(s.count));
+        histogram.set_sample_sum(s.sum_us as f64 / 1e6);
+        let mut metric = Metric::default();
+        metric.set_label(vec![label("dataset", &s.dataset), label("stage", &s.stage)]);
+        metric.set_histogram(histogram);
+        family.mut_metric().push(metric);
+    }
+    Ok(Some(family))
 }

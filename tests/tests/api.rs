@@ -4,6 +4,7 @@
 //! - Every route but the probes refuses a missing or unknown token (401); a read-only token
 //!   reads but may not create or approve (403); malformed bodies and parameters get 400 naming
 //!   the field; unknown runs 404.
+//! - With `[serve] tls_cert` and `tls_key` it speaks TLS (checked with curl).
 //! - An on-demand repair created through the API heals its stage; a run the breaker held is
 //!   released by an approval through the API and repairs; divergences page by cursor; the
 //!   status and `/metrics` (parsed as Prometheus text) say what the runs did.
@@ -321,6 +322,71 @@ async fn serve_alone_reads_the_control_plane_a_worker_writes() {
         taken.stderr.contains(&format!("cannot listen on {listen}")),
         "{}",
         taken.stderr
+    );
+    assert_eq!(terminate(&mut serve), Some(0));
+}
+
+#[tokio::test]
+async fn with_a_certificate_and_key_the_api_speaks_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    world(dir.path(), "sqlite://control.db").await;
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-keyout", "key.pem", "-out", "cert.pem"])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let config = dir.path().join("driftless.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("[serve]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n\n{text}"),
+    )
+    .unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut serve = spawn_with_tokens(BIN, dir.path(), &["serve", "--listen", &listen], "serve.log");
+    let curl = |path: &str, token: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg(format!("https://{listen}{path}"))
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while curl("/healthz", "") != "200" {
+        if let Some(status) = serve.try_wait().unwrap() {
+            panic!(
+                "serve exited {status}: {}",
+                std::fs::read_to_string(dir.path().join("serve.log")).unwrap()
+            );
+        }
+        assert!(std::time::Instant::now() < deadline, "https /healthz never answered");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(curl("/v1/status", RO), "200");
+    assert_eq!(curl("/v1/status", "nope"), "401");
+    // Plain HTTP on the TLS port gets no API answer.
+    let answered = reqwest::Client::new()
+        .get(format!("http://{listen}/healthz"))
+        .send()
+        .await;
+    assert!(
+        answered.is_err() || !answered.unwrap().status().is_success(),
+        "plain HTTP was served on the TLS port"
     );
     assert_eq!(terminate(&mut serve), Some(0));
 }

@@ -35,6 +35,30 @@ pub fn spawn_with_tokens(bin: &str, dir: &Path, args: &[&str], log: &str) -> Chi
         .expect("the binary starts")
 }
 
+/// Starts `bin serve` in `dir` on a free port with the tests' tokens (its log in
+/// `serve.log`) and waits until it answers; returns it and its port.
+pub async fn serve(bin: &str, dir: &Path) -> (Child, u16) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = spawn_with_tokens(bin, dir, &["serve", "--listen", &listen], "serve.log");
+    Api::on(port).wait_healthy(&mut child, &dir.join("serve.log")).await;
+    (child, port)
+}
+
+/// Starts `bin worker --config driftless.toml EXTRA` in `dir`, its log in `worker-N.log`.
+pub fn spawn_worker(bin: &str, dir: &Path, n: usize, extra: &[&str]) -> Child {
+    let log = std::fs::File::create(dir.join(format!("worker-{n}.log"))).unwrap();
+    Command::new(bin)
+        .args(["worker", "--config", "driftless.toml"])
+        .args(extra)
+        .current_dir(dir)
+        .env("DRIFTLESS_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("the worker starts")
+}
+
 /// An API at `http://127.0.0.1:PORT`.
 #[derive(Debug, Clone)]
 pub struct Api {

@@ -13,10 +13,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use driftless_control::ControlPlane;
+use driftless_tests::http::spawn_worker;
 use driftless_tests::{Rng, fresh_pg_database, run_driftless, sqlite_exec, sqlite_rows};
 use sqlx::PgPool;
 
@@ -79,15 +80,7 @@ async fn world(dir: &Path, rows: i64, control_url: &str, repair: &str, policy: &
 
 /// Starts a worker in `dir`, its output kept in `worker-N.log`.
 fn worker(dir: &Path, n: usize) -> Child {
-    let log = std::fs::File::create(dir.join(format!("worker-{n}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_driftless-under-test"))
-        .args(["worker", "--config", "driftless.toml"])
-        .current_dir(dir)
-        .env("DRIFTLESS_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("the worker starts")
+    spawn_worker(env!("CARGO_BIN_EXE_driftless-under-test"), dir, n, &[])
 }
 
 /// Submits a repair run for the fleet without waiting; returns its id.

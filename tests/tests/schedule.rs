@@ -7,9 +7,10 @@
 //!   nothing until the window ends; then it repairs and finishes.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use driftless_tests::http::spawn_worker;
 use driftless_tests::{fresh_pg_database, run_driftless, sqlite_exec, sqlite_rows};
 use sqlx::PgPool;
 
@@ -37,15 +38,7 @@ async fn world(dir: &Path, control_url: &str, dataset_extra: &str) {
 }
 
 fn worker(dir: &Path, n: usize, roles: &str) -> Child {
-    let log = std::fs::File::create(dir.join(format!("worker-{n}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_driftless-under-test"))
-        .args(["worker", "--config", "driftless.toml", "--roles", roles])
-        .current_dir(dir)
-        .env("DRIFTLESS_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("the worker starts")
+    spawn_worker(env!("CARGO_BIN_EXE_driftless-under-test"), dir, n, &["--roles", roles])
 }
 
 fn stop(mut children: Vec<Child>) {

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use driftless_tests::http::{Api, RO, free_port, spawn_with_tokens, terminate};
+use driftless_tests::http::{RO, serve, terminate};
 use driftless_tests::{run_driftless, sqlite_exec};
 
 const BIN: &str = env!("CARGO_BIN_EXE_driftless-under-test");
@@ -61,12 +61,7 @@ async fn the_status_page_shows_each_stage_as_it_is_and_keys_as_text_in_a_real_br
     world(dir.path()).await;
     let scan = run_driftless!(dir.path(), &["scan", "--report", "json"]);
     assert_eq!(scan.code, Some(2), "{}", scan.stderr);
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut serve = spawn_with_tokens(BIN, dir.path(), &["serve", "--listen", &listen], "serve.log");
-    Api::on(port)
-        .wait_healthy(&mut serve, &dir.path().join("serve.log"))
-        .await;
+    let (mut serve, port) = serve(BIN, dir.path()).await;
 
     // The browser signs in with Basic credentials whose password is the (read-only) token.
     let url = format!("http://driftless:{RO}@127.0.0.1:{port}/");
@@ -119,12 +114,7 @@ async fn the_status_page_shows_each_stage_as_it_is_and_keys_as_text_in_a_real_br
 async fn without_a_token_the_page_is_a_login_form_whose_cookie_opens_it() {
     let dir = tempfile::tempdir().unwrap();
     world(dir.path()).await;
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut serve = spawn_with_tokens(BIN, dir.path(), &["serve", "--listen", &listen], "serve.log");
-    Api::on(port)
-        .wait_healthy(&mut serve, &dir.path().join("serve.log"))
-        .await;
+    let (mut serve, port) = serve(BIN, dir.path()).await;
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

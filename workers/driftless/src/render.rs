@@ -160,3 +160,10 @@ pub fn table(report: &RunReport) -> String {
 pub fn default_is_table(output: &OutputArgs) -> bool {
     output.out.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout())
 }
+
+/// UTC microseconds as RFC 3339 to the second.
+pub fn timestamp(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default()
+}

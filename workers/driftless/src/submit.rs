@@ -13,6 +13,7 @@ use serde_json::Value as Json;
 
 use crate::config::{self, Loaded};
 use crate::open::open_control;
+use crate::render::timestamp;
 use crate::run::{self, Selection, check_selection, scope_json, started_by};
 use crate::{Common, OutputArgs, RepairArgs, ReportFormat, RunsArgs, RunsCommand, ScanArgs, SubmitArgs, render};
 
@@ -174,11 +175,4 @@ fn runs_table(runs: &[driftless_control::RunSummary]) -> String {
         .unwrap();
     }
     s
-}
-
-/// UTC microseconds as RFC 3339 to the second.
-fn timestamp(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_default()
 }

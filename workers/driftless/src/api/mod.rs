@@ -30,6 +30,7 @@ use driftless_engine::{EngineError, Shutdown, WorkContext, Worker, WorkerState};
 pub use auth::{TOKENS_ENV, Tokens};
 
 use crate::config::{Loaded, ServeConfig};
+pub use crate::render::timestamp;
 
 /// Largest request body accepted (a run's keys included).
 const BODY_LIMIT: usize = 64 * 1024;
@@ -195,11 +196,4 @@ impl Worker for ApiWorker {
         })?;
         Ok(WorkerState::Done)
     }
-}
-
-/// UTC microseconds as RFC 3339 to the second.
-pub fn timestamp(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_default()
 }

@@ -4,13 +4,16 @@
 //!   per tick between them (the control plane's unique tick key); after every worker was down
 //!   for several ticks, the first one back queues the missed ticks once, not once each.
 //! - A repair run inside a blackout window detects (its divergences are queued) but writes
-//!   nothing until the window ends; then it repairs and finishes.
+//!   nothing until the window ends, while the API shows the stage repairing inside a window;
+//!   then it repairs and finishes.
 
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use driftless_tests::http::spawn_worker;
+use driftless_tests::http::{Api, RO, free_port, spawn_with_tokens, spawn_worker};
+
+const BIN: &str = env!("CARGO_BIN_EXE_driftless-under-test");
 use driftless_tests::{fresh_pg_database, run_driftless, sqlite_exec, sqlite_rows};
 use sqlx::PgPool;
 
@@ -38,7 +41,7 @@ async fn world(dir: &Path, control_url: &str, dataset_extra: &str) {
 }
 
 fn worker(dir: &Path, n: usize, roles: &str) -> Child {
-    spawn_worker(env!("CARGO_BIN_EXE_driftless-under-test"), dir, n, &["--roles", roles])
+    spawn_worker(BIN, dir, n, &["--roles", roles])
 }
 
 fn stop(mut children: Vec<Child>) {
@@ -166,21 +169,44 @@ async fn no_repair_write_starts_inside_a_blackout_and_the_run_finishes_after_it(
     );
     world(dir.path(), "sqlite://control.db", &blackout).await;
     let before = sqlite_rows(&dir.path().join("stage.db"), "SELECT * FROM t ORDER BY id").await;
-    let workers = vec![worker(dir.path(), 0, "scan,repair")];
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "worker",
+        "--config",
+        "driftless.toml",
+        "--roles",
+        "scan,repair",
+        "--listen",
+        &listen,
+    ];
+    let mut workers = vec![spawn_with_tokens(BIN, dir.path(), &args, "worker.log")];
+    let api = Api::on(port);
+    api.wait_healthy(&mut workers[0], &dir.path().join("worker.log")).await;
     let submit = run_driftless!(dir.path(), &["repair", "--submit", "--no-wait"]);
     assert_eq!(submit.code, Some(0), "{}", submit.stderr);
     let run_id = submit.stdout.trim().to_owned();
 
     let control = dir.path().join("control.db");
-    let mut detected = false;
+    let (mut detected, mut shown) = (false, false);
     while now_us() < (end - 1) * 1_000_000 {
         let queued = sqlite_rows(&control, "SELECT count(*) FROM divergences").await;
         detected |= queued != vec![vec!["0".to_owned()]];
+        // The status says the stage is being repaired, inside a window.
+        let status = api.get("/v1/status", Some(RO)).await.json();
+        let stage = &status["stages"][0];
+        shown |= stage["state"] == "repairing" && stage["blackout"] == true;
+        let metrics = api.get("/metrics", Some(RO)).await.text;
+        assert!(
+            metrics.contains("driftless_blackout_active{dataset=\"t\",stage=\"s\"} 1"),
+            "{metrics}"
+        );
         let rows = sqlite_rows(&dir.path().join("stage.db"), "SELECT * FROM t ORDER BY id").await;
         assert_eq!(rows, before, "a repair wrote inside the window");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(detected, "detection should run inside the window");
+    assert!(shown, "/v1/status never showed the stage repairing inside the window");
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {

@@ -273,6 +273,20 @@ async fn runs_created_and_approved_through_the_api_heal_their_stages_and_metrics
         sample(&after, "driftless_reconciliation_lag_seconds_count", Some("a")),
         Some(3.0)
     );
+    // The work counters: the scan and the held run read b (20 rows each), the scan and the
+    // repair read a; canonical was read once by each of the three runs.
+    assert_eq!(sample(&after, "driftless_rows_digested_total", Some("b")), Some(40.0));
+    assert_eq!(sample(&after, "driftless_rows_digested_total", Some("a")), Some(40.0));
+    assert_eq!(
+        sample(&after, "driftless_rows_digested_total", Some("canonical")),
+        Some(60.0)
+    );
+    assert_eq!(
+        sample(&after, "driftless_duplicate_commits_total", Some("b")),
+        Some(0.0)
+    );
+    assert_eq!(sample(&after, "driftless_run_duration_seconds_count", None), Some(3.0));
+    assert!(sample(&after, "driftless_backpressure_seconds_total", Some("b")).is_some());
     let runs = api.get("/v1/runs?dataset=t&limit=10", Some(RO)).await.json();
     let ids: Vec<&str> = runs
         .as_array()

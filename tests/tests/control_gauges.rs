@@ -1,5 +1,6 @@
 //! The control plane's fleet-wide reads on both databases: workers heartbeating by role,
-//! runs held for approval (and an approval that queues the run again for the fleet).
+//! runs held for approval (and an approval that queues the run again for the fleet), and
+//! the finished runs' work summed into counters and a run-duration histogram.
 
 use driftless_control::{ControlPlane, Mode, RunStart, RunStatus, StageCounts};
 use driftless_tests::fresh_pg_database;
@@ -43,6 +44,8 @@ async fn an_approved_run_is_queued_again_with_its_caps(control: &ControlPlane) {
         divergent: 8,
         repaired: 0,
         held: Some("over the ratio".into()),
+        duplicates: 0,
+        held_back_us: 0,
     };
     control
         .finish_run("held-1", RunStatus::Held, 30, &[stage])
@@ -65,9 +68,52 @@ async fn an_approved_run_is_queued_again_with_its_caps(control: &ControlPlane) {
     );
 }
 
+/// Two finished runs of dataset `w`: their stages' work summed, canonical counted once a
+/// run, their wall times bucketed.
+async fn finished_work_is_summed_into_counters(control: &ControlPlane) {
+    for (i, took) in [(1, 2_000_000), (2, 90_000_000)] {
+        let mut run = held_run();
+        run.run_id = format!("work-{i}");
+        run.started_us = 1_000;
+        control.start_run(&run).await.unwrap();
+        let stages: Vec<StageCounts> = ["x", "y"]
+            .iter()
+            .map(|stage| StageCounts {
+                dataset: "w".into(),
+                stage: (*stage).into(),
+                canonical_rows: 10,
+                stage_rows: if *stage == "x" { 12 } else { 9 },
+                divergent: 0,
+                repaired: 0,
+                held: None,
+                duplicates: 2,
+                held_back_us: 1_500_000,
+            })
+            .collect();
+        control
+            .finish_run(&run.run_id, RunStatus::Consistent, 1_000 + took, &stages)
+            .await
+            .unwrap();
+    }
+    let mut work = control.stage_work().await.unwrap();
+    work.retain(|w| w.dataset == "w");
+    work.sort_by(|a, b| a.stage.cmp(&b.stage));
+    let sums: Vec<(&str, i64, i64, i64)> = work
+        .iter()
+        .map(|w| (w.stage.as_str(), w.stage_rows, w.duplicates, w.held_back_us))
+        .collect();
+    assert_eq!(sums, [("x", 24, 4, 3_000_000), ("y", 18, 4, 3_000_000)]);
+    let canonical = control.canonical_rows().await.unwrap();
+    assert!(canonical.contains(&("w".to_owned(), 20)), "{canonical:?}");
+    let durations = control.run_durations(&[10_000_000, 100_000_000]).await.unwrap();
+    let w = durations.iter().find(|d| d.dataset == "w").unwrap();
+    assert_eq!((w.count, w.sum_us, w.at_most.clone()), (2, 92_000_000, vec![1, 2]));
+}
+
 async fn exercise(control: ControlPlane) {
     heartbeats_count_by_role(&control).await;
     an_approved_run_is_queued_again_with_its_caps(&control).await;
+    finished_work_is_summed_into_counters(&control).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

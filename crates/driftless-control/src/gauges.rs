@@ -31,8 +31,9 @@ pub struct RepairCount {
     pub count: i64,
 }
 
-/// One stage's repairs by how long each waited from first detection: how many waited at
-/// most each bound, how many in all, and their total wait.
+/// Counts by bound, for a histogram: one stage's repairs by how long each waited from first
+/// detection, or one dataset's runs by how long each took (`stage` empty): how many took at
+/// most each bound, how many in all, and their total, in microseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LagCounts {
     /// The dataset.
@@ -45,6 +46,21 @@ pub struct LagCounts {
     pub count: i64,
     /// Their waits added up, microseconds.
     pub sum_us: i64,
+}
+
+/// What the finished runs did to one stage, summed: the fleet's work counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageWork {
+    /// The dataset.
+    pub dataset: String,
+    /// The stage.
+    pub stage: String,
+    /// Stage rows digested.
+    pub stage_rows: i64,
+    /// Stage rows found repeating a commit id.
+    pub duplicates: i64,
+    /// Time held back by backpressure and the rate limit, microseconds.
+    pub held_back_us: i64,
 }
 
 const HEARTBEAT: &str = "INSERT INTO workers (worker_id, roles, heartbeat_us) VALUES ($1, $2, $3) \
@@ -122,10 +138,55 @@ impl ControlPlane {
             .collect())
     }
 
+    /// Per stage, the finished runs' rows digested, duplicate rows and time held back.
+    pub async fn stage_work(&self) -> Result<Vec<StageWork>, ControlError> {
+        const SQL: &str = "SELECT s.dataset, s.stage, CAST(SUM(s.stage_rows) AS BIGINT), \
+                           CAST(SUM(s.duplicates) AS BIGINT), CAST(SUM(s.held_back_us) AS BIGINT) \
+                           FROM run_stages s JOIN runs r ON r.run_id = s.run_id \
+                           WHERE r.finished_us IS NOT NULL GROUP BY s.dataset, s.stage";
+        let rows: Vec<(String, String, i64, i64, i64)> =
+            on_db!(self, |pool, sql| sqlx::query_as(&sql(SQL)).fetch_all(pool).await)?;
+        Ok(rows
+            .into_iter()
+            .map(|(dataset, stage, stage_rows, duplicates, held_back_us)| StageWork {
+                dataset,
+                stage,
+                stage_rows,
+                duplicates,
+                held_back_us,
+            })
+            .collect())
+    }
+
+    /// Per dataset, the canonical rows the finished runs digested (once a run).
+    pub async fn canonical_rows(&self) -> Result<Vec<(String, i64)>, ControlError> {
+        const SQL: &str = "SELECT dataset, CAST(SUM(rows) AS BIGINT) FROM \
+                           (SELECT s.dataset, MAX(s.canonical_rows) AS rows FROM run_stages s \
+                            JOIN runs r ON r.run_id = s.run_id WHERE r.finished_us IS NOT NULL \
+                            GROUP BY s.run_id, s.dataset) per_run GROUP BY dataset";
+        on_db!(self, |pool, sql| sqlx::query_as(&sql(SQL)).fetch_all(pool).await)
+    }
+
+    /// Per dataset, the finished runs that covered it, counted against each of `bounds_us`
+    /// by their wall time: the run-duration histogram, fleet-wide (a run's whole time counts
+    /// for each dataset it covered).
+    pub async fn run_durations(&self, bounds_us: &[i64]) -> Result<Vec<LagCounts>, ControlError> {
+        let mut sql = "SELECT dataset, '', COUNT(*), CAST(COALESCE(SUM(took), 0) AS BIGINT)".to_owned();
+        for b in bounds_us {
+            sql.push_str(&format!(
+                ", CAST(SUM(CASE WHEN took <= {b} THEN 1 ELSE 0 END) AS BIGINT)"
+            ));
+        }
+        sql.push_str(
+            " FROM (SELECT DISTINCT s.run_id, s.dataset, r.finished_us - r.started_us AS took FROM run_stages s \
+             JOIN runs r ON r.run_id = s.run_id WHERE r.finished_us IS NOT NULL) per_run GROUP BY dataset",
+        );
+        self.bucket_counts(&sql, bounds_us.len()).await
+    }
+
     /// Repairs made (applied, or found made) per stage, counted against each of `bounds_us`
     /// by their wait from first detection: the reconciliation-lag histogram, fleet-wide.
     pub async fn repair_lags(&self, bounds_us: &[i64]) -> Result<Vec<LagCounts>, ControlError> {
-        use sqlx::Row as _;
         let mut sql =
             "SELECT dataset, stage, COUNT(*), CAST(COALESCE(SUM(applied_us - first_seen_us), 0) AS BIGINT)".to_owned();
         for b in bounds_us {
@@ -137,9 +198,14 @@ impl ControlPlane {
         sql.push_str(
             " FROM repairs WHERE outcome IN ('applied', 'resolved') AND first_seen_us > 0 GROUP BY dataset, stage",
         );
-        let n = bounds_us.len();
+        self.bucket_counts(&sql, bounds_us.len()).await
+    }
+
+    /// Rows of `(dataset, stage, count, sum, cumulative count per bound...)` as [`LagCounts`].
+    async fn bucket_counts(&self, sql: &str, bounds: usize) -> Result<Vec<LagCounts>, ControlError> {
+        use sqlx::Row as _;
         on_db!(self, |pool, _sql| {
-            sqlx::query(&sql).fetch_all(pool).await.and_then(|rows| {
+            sqlx::query(sql).fetch_all(pool).await.and_then(|rows| {
                 rows.iter()
                     .map(|r| {
                         Ok(LagCounts {
@@ -147,7 +213,7 @@ impl ControlPlane {
                             stage: r.try_get(1)?,
                             count: r.try_get(2)?,
                             sum_us: r.try_get(3)?,
-                            at_most: (0..n).map(|i| r.try_get(4 + i)).collect::<Result<_, _>>()?,
+                            at_most: (0..bounds).map(|i| r.try_get(4 + i)).collect::<Result<_, _>>()?,
                         })
                     })
                     .collect()

@@ -60,7 +60,7 @@ pub mod status;
 pub mod ticks;
 
 pub use fleet::{ClaimedRun, RunSummary, Segment};
-pub use gauges::{DeadCount, LagCounts, RepairCount};
+pub use gauges::{DeadCount, LagCounts, RepairCount, StageWork};
 pub use ledger::{Intent, KeyLedger, LedgerRow, LedgerUpdate, Settle};
 pub use queue::{Backoff, Depth, Detected, EntryRecord, Leased, Settlement};
 pub use state::{StageRun, StageState};
@@ -151,6 +151,10 @@ pub struct StageCounts {
     pub repaired: i64,
     /// Why the breaker held this stage's writes, if it did.
     pub held: Option<String>,
+    /// Stage rows repeating a commit id.
+    pub duplicates: i64,
+    /// Time held back by backpressure and the rate limit, microseconds.
+    pub held_back_us: i64,
 }
 
 /// A recorded run, as `repair --approve` reads it back.
@@ -286,10 +290,11 @@ impl ControlPlane {
     ) -> Result<(), ControlError> {
         // A continued (approved) run records its stages again: the later result wins.
         const STAGE: &str = "INSERT INTO run_stages (run_id, dataset, stage, canonical_rows, stage_rows, divergent, \
-                             repaired, held) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                             repaired, held, duplicates, held_back_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                              ON CONFLICT (run_id, dataset, stage) DO UPDATE SET canonical_rows = excluded.canonical_rows, \
                              stage_rows = excluded.stage_rows, divergent = excluded.divergent, \
-                             repaired = excluded.repaired, held = excluded.held";
+                             repaired = excluded.repaired, held = excluded.held, duplicates = excluded.duplicates, \
+                             held_back_us = excluded.held_back_us";
         const RUN: &str = "UPDATE runs SET status = $1, finished_us = $2 WHERE run_id = $3";
         macro_rules! finish {
             ($pool:expr, $sql:expr) => {{
@@ -304,6 +309,8 @@ impl ControlPlane {
                         .bind(s.divergent)
                         .bind(s.repaired)
                         .bind(&s.held)
+                        .bind(s.duplicates)
+                        .bind(s.held_back_us)
                         .execute(&mut *tx)
                         .await?;
                 }

@@ -286,6 +286,8 @@ fn stage_counts(report: &RunReport) -> Vec<StageCounts> {
                     .as_ref()
                     .filter(|r| r.status == RepairStatus::Held)
                     .map(|r| r.reason.clone().unwrap_or_else(|| "held".into())),
+                duplicates: count(s.duplicate_rows),
+                held_back_us: s.repair.as_ref().map_or(0, |r| (r.held_back_secs * 1e6) as i64),
             })
         })
         .collect()

@@ -51,7 +51,7 @@ pub const LAG_BUCKETS: &[f64] = &[
 ];
 
 /// Buckets of the run duration histogram, in seconds.
-const RUN_BUCKETS: &[f64] = &[
+pub const RUN_BUCKETS: &[f64] = &[
     0.1,
     0.5,
     1.0,

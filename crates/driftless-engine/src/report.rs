@@ -52,6 +52,13 @@ pub struct StageReport {
     /// What `repair` did to the stage; absent for `scan`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repair: Option<StageRepairReport>,
+    /// Stage rows repeating a commit id (`dedupe_key`); absent when none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub duplicate_rows: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a repair run did to one stage (an extension of the DESIGN.md report contract).

@@ -308,6 +308,7 @@ async fn run_stage(
     );
     // Repaired keys count as the row-level divergences they were.
     report.repaired = found.repaired_rows(&stats.repaired);
+    report.duplicate_rows = found.duplicates;
     let held_back = found.paused + pacer.as_ref().map_or(Duration::ZERO, Pacer::held_back);
     if repairing {
         report.status = status.into();

@@ -298,6 +298,7 @@ pub fn stage_report(
         truncated: (listed.len() as u64) < total,
         divergences: listed,
         repair: None,
+        duplicate_rows: 0,
     }
 }
 

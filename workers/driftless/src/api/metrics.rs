@@ -1,17 +1,18 @@
 //! `/metrics`: the DESIGN.md families, filled from the control plane's live state so that
 //! every serving process reports the same figures: per stage the divergent keys, consistency,
-//! queue depth, oldest pending divergence, last success, dead entries, blackout and repairs by
-//! outcome; fleet-wide the runs held for approval and the workers heartbeating by role.
+//! queue depth, oldest pending divergence, last success, dead entries, blackout, repairs by
+//! outcome and the work counters; fleet-wide the runs held for approval and the workers
+//! heartbeating by role.
 //!
-//! The reconciliation-lag histogram is counted from the ledger (each repair's wait from first
-//! detection). The counters of work one process did (rows digested, backpressure, duplicate
-//! commits, run durations) are not kept in the control plane; a one-shot run writes or
-//! pushes them.
+//! The counters are sums over the finished runs' stages (rows digested, duplicate rows, time
+//! held back); the reconciliation-lag histogram is counted from the ledger (each repair's
+//! wait from first detection), the run-duration histogram from the runs.
 
 use std::time::Duration;
 
+use driftless_control::LagCounts;
 use driftless_engine::context::now_us;
-use driftless_engine::metrics::LAG_BUCKETS;
+use driftless_engine::metrics::{LAG_BUCKETS, RUN_BUCKETS};
 use driftless_engine::{Metrics, RepairOutcome, blackout_metrics};
 use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
@@ -29,6 +30,7 @@ pub async fn render(api: &ApiState, views: &[StageView]) -> Result<String, ApiEr
     for v in views {
         stage_figures(&metrics, v);
     }
+    work(api, &metrics).await?;
     for r in api.control.repair_outcomes().await? {
         if let Some(outcome) = RepairOutcome::parse(&r.outcome) {
             metrics.add_repairs(&r.dataset, &r.stage, outcome, u64::try_from(r.count).unwrap_or(0));
@@ -37,6 +39,21 @@ pub async fn render(api: &ApiState, views: &[StageView]) -> Result<String, ApiEr
     let mut text = metrics.render().map_err(|e| ApiError::internal(&e.into()))?;
     text.push_str(&fleet(api, views).await?);
     Ok(text)
+}
+
+/// The finished runs' work, summed: rows digested (canonical's as stage `canonical`),
+/// duplicate rows, time held back.
+async fn work(api: &ApiState, metrics: &Metrics) -> Result<(), ApiError> {
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    for w in api.control.stage_work().await? {
+        metrics.add_rows_digested(&w.dataset, &w.stage, count(w.stage_rows));
+        metrics.add_duplicate_commits(&w.dataset, &w.stage, count(w.duplicates));
+        metrics.add_backpressure(&w.dataset, &w.stage, Duration::from_micros(count(w.held_back_us)));
+    }
+    for (dataset, rows) in api.control.canonical_rows().await? {
+        metrics.add_rows_digested(&dataset, "canonical", count(rows));
+    }
+    Ok(())
 }
 
 fn stage_figures(metrics: &Metrics, v: &StageView) {
@@ -90,7 +107,7 @@ async fn fleet(api: &ApiState, views: &[StageView]) -> Result<String, ApiError> 
         workers.with_label_values(&[&role]).set(n);
     }
     let mut families = registry.gather();
-    families.extend(lag_family(api).await?);
+    families.extend(histograms(api).await?);
     let mut out = Vec::new();
     TextEncoder::new()
         .encode(&families, &mut out)
@@ -98,44 +115,77 @@ async fn fleet(api: &ApiState, views: &[StageView]) -> Result<String, ApiError> 
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// `driftless_reconciliation_lag_seconds` from the ledger, in the engine's buckets; `None`
-/// before any repair.
-async fn lag_family(api: &ApiState) -> Result<Option<MetricFamily>, ApiError> {
-    let bounds: Vec<i64> = LAG_BUCKETS.iter().map(|s| (s * 1e6) as i64).collect();
-    let stages = api.control.repair_lags(&bounds).await?;
-    if stages.is_empty() {
-        return Ok(None);
-    }
-    let label = |name: &str, value: &str| {
-        let mut l = LabelPair::default();
-        l.set_name(name.to_owned());
-        l.set_value(value.to_owned());
-        l
+/// The histograms the control plane can count: `driftless_reconciliation_lag_seconds` from
+/// the ledger, `driftless_run_duration_seconds` from the finished runs.
+async fn histograms(api: &ApiState) -> Result<Vec<MetricFamily>, ApiError> {
+    let micros = |bounds: &[f64]| bounds.iter().map(|s| (s * 1e6) as i64).collect::<Vec<i64>>();
+    let lags = api.control.repair_lags(&micros(LAG_BUCKETS)).await?;
+    let runs = api.control.run_durations(&micros(RUN_BUCKETS)).await?;
+    let lag = HistogramShape {
+        name: "driftless_reconciliation_lag_seconds",
+        help: "Time from a divergence's first detection to its repair.",
+        bounds: LAG_BUCKETS,
+        with_stage: true,
     };
-    let count = |n: i64| u64::try_from(n).unwrap_or(0);
-    let mut family = MetricFamily::default();
-    family.set_name("driftless_reconciliation_lag_seconds".to_owned());
-    family.set_help("Time from a divergence's first detection to its repair.".to_owned());
-    family.set_field_type(MetricType::HISTOGRAM);
-    for s in stages {
-        let buckets = LAG_BUCKETS
-            .iter()
-            .zip(&s.at_most)
-            .map(|(bound, n)| {
-                let mut b = Bucket::default();
-                b.set_upper_bound(*bound);
-                b.set_cumulative_count(count(*n));
-                b
-            })
-            .collect();
-        let mut histogram = Histogram::default();
-        histogram.set_bucket(buckets);
-        histogram.set_sample_count(count(s.count));
-        histogram.set_sample_sum(s.sum_us as f64 / 1e6);
-        let mut metric = Metric::default();
-        metric.set_label(vec![label("dataset", &s.dataset), label("stage", &s.stage)]);
-        metric.set_histogram(histogram);
-        family.mut_metric().push(metric);
+    let run = HistogramShape {
+        name: "driftless_run_duration_seconds",
+        help: "Wall time of a run, per dataset.",
+        bounds: RUN_BUCKETS,
+        with_stage: false,
+    };
+    Ok([lag.family(&lags), run.family(&runs)].into_iter().flatten().collect())
+}
+
+/// One histogram family's shape.
+struct HistogramShape {
+    name: &'static str,
+    help: &'static str,
+    bounds: &'static [f64],
+    with_stage: bool,
+}
+
+impl HistogramShape {
+    /// The family of `rows`; `None` without any.
+    fn family(&self, rows: &[LagCounts]) -> Option<MetricFamily> {
+        if rows.is_empty() {
+            return None;
+        }
+        let label = |name: &str, value: &str| {
+            let mut l = LabelPair::default();
+            l.set_name(name.to_owned());
+            l.set_value(value.to_owned());
+            l
+        };
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        let mut family = MetricFamily::default();
+        family.set_name(self.name.to_owned());
+        family.set_help(self.help.to_owned());
+        family.set_field_type(MetricType::HISTOGRAM);
+        for r in rows {
+            let buckets = self
+                .bounds
+                .iter()
+                .zip(&r.at_most)
+                .map(|(bound, n)| {
+                    let mut b = Bucket::default();
+                    b.set_upper_bound(*bound);
+                    b.set_cumulative_count(count(*n));
+                    b
+                })
+                .collect();
+            let mut histogram = Histogram::default();
+            histogram.set_bucket(buckets);
+            histogram.set_sample_count(count(r.count));
+            histogram.set_sample_sum(r.sum_us as f64 / 1e6);
+            let mut labels = vec![label("dataset", &r.dataset)];
+            if self.with_stage {
+                labels.push(label("stage", &r.stage));
+            }
+            let mut metric = Metric::default();
+            metric.set_label(labels);
+            metric.set_histogram(histogram);
+            family.mut_metric().push(metric);
+        }
+        Some(family)
     }
-    Ok(Some(family))
 }

@@ -38,15 +38,7 @@ pub async fn run(common: &Common, args: &WorkerArgs) -> Result<bool> {
     let owner = run::worker_id();
     let lease = Duration::from_secs(loaded.config.repair_settings().lease_secs.max(1));
     let shutdown = signals::listen(loaded.config.shutdown_grace());
-    let modes: Vec<Mode> = args
-        .roles
-        .iter()
-        .filter_map(|r| match r {
-            Role::Scan => Some(Mode::Scan),
-            Role::Repair => Some(Mode::Repair),
-            Role::Schedule => None,
-        })
-        .collect();
+    let modes = modes(args);
     let mut digesters = Vec::new();
     if modes.contains(&Mode::Scan) {
         let readable = run::plans(&loaded, &Selection::default(), Mode::Scan, false).await?;
@@ -60,13 +52,7 @@ pub async fn run(common: &Common, args: &WorkerArgs) -> Result<bool> {
         true => Some(ScheduleWorker::new(&loaded, control.clone())?),
         false => None,
     };
-    let mut api = match args.listen {
-        Some(addr) => {
-            let state = ApiState::new(loaded.clone(), control.clone())?;
-            Some(ApiWorker::bind(addr, state, shutdown.clone()).await?)
-        }
-        None => None,
-    };
+    let mut api = api(args, &loaded, &control, &shutdown).await?;
     let mut driver = RunDriver {
         loaded: &loaded,
         control: control.clone(),
@@ -104,6 +90,32 @@ pub async fn run(common: &Common, args: &WorkerArgs) -> Result<bool> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The run modes a worker's driver takes: its roles but `schedule`.
+fn modes(args: &WorkerArgs) -> Vec<Mode> {
+    args.roles
+        .iter()
+        .filter_map(|r| match r {
+            Role::Scan => Some(Mode::Scan),
+            Role::Repair => Some(Mode::Repair),
+            Role::Schedule => None,
+        })
+        .collect()
+}
+
+/// The API worker, bound, with `--listen`.
+async fn api(
+    args: &WorkerArgs,
+    loaded: &Arc<Loaded>,
+    control: &ControlPlane,
+    shutdown: &Shutdown,
+) -> Result<Option<ApiWorker>> {
+    let Some(addr) = args.listen else {
+        return Ok(None);
+    };
+    let state = ApiState::new(loaded.clone(), control.clone())?;
+    Ok(Some(ApiWorker::bind(addr, state, shutdown.clone()).await?))
 }
 
 /// The roles as the heartbeat records them (`serve` with `--listen`).

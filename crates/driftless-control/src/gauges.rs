@@ -63,6 +63,19 @@ pub struct StageWork {
     pub held_back_us: i64,
 }
 
+/// `SELECT labels, COUNT(*), SUM(value), one cumulative count per bound`: a histogram's
+/// columns over `value`, as [`ControlPlane::bucket_counts`] reads them. The bounds are
+/// integers this code chose, not input: nothing to bind.
+fn bucket_select(labels: &str, value: &str, bounds_us: &[i64]) -> String {
+    let mut sql = format!("SELECT {labels}, COUNT(*), CAST(COALESCE(SUM({value}), 0) AS BIGINT)");
+    for b in bounds_us {
+        sql.push_str(&format!(
+            ", CAST(SUM(CASE WHEN {value} <= {b} THEN 1 ELSE 0 END) AS BIGINT)"
+        ));
+    }
+    sql
+}
+
 const HEARTBEAT: &str = "INSERT INTO workers (worker_id, roles, heartbeat_us) VALUES ($1, $2, $3) \
                          ON CONFLICT (worker_id) DO UPDATE SET roles = excluded.roles, heartbeat_us = excluded.heartbeat_us";
 
@@ -171,12 +184,7 @@ impl ControlPlane {
     /// by their wall time: the run-duration histogram, fleet-wide (a run's whole time counts
     /// for each dataset it covered).
     pub async fn run_durations(&self, bounds_us: &[i64]) -> Result<Vec<LagCounts>, ControlError> {
-        let mut sql = "SELECT dataset, '', COUNT(*), CAST(COALESCE(SUM(took), 0) AS BIGINT)".to_owned();
-        for b in bounds_us {
-            sql.push_str(&format!(
-                ", CAST(SUM(CASE WHEN took <= {b} THEN 1 ELSE 0 END) AS BIGINT)"
-            ));
-        }
+        let mut sql = bucket_select("dataset, ''", "took", bounds_us);
         sql.push_str(
             " FROM (SELECT DISTINCT s.run_id, s.dataset, r.finished_us - r.started_us AS took FROM run_stages s \
              JOIN runs r ON r.run_id = s.run_id WHERE r.finished_us IS NOT NULL) per_run GROUP BY dataset",
@@ -187,14 +195,7 @@ impl ControlPlane {
     /// Repairs made (applied, or found made) per stage, counted against each of `bounds_us`
     /// by their wait from first detection: the reconciliation-lag histogram, fleet-wide.
     pub async fn repair_lags(&self, bounds_us: &[i64]) -> Result<Vec<LagCounts>, ControlError> {
-        let mut sql =
-            "SELECT dataset, stage, COUNT(*), CAST(COALESCE(SUM(applied_us - first_seen_us), 0) AS BIGINT)".to_owned();
-        for b in bounds_us {
-            // Integers this code chose, not input: nothing to bind.
-            sql.push_str(&format!(
-                ", CAST(SUM(CASE WHEN applied_us - first_seen_us <= {b} THEN 1 ELSE 0 END) AS BIGINT)"
-            ));
-        }
+        let mut sql = bucket_select("dataset, stage", "applied_us - first_seen_us", bounds_us);
         sql.push_str(
             " FROM repairs WHERE outcome IN ('applied', 'resolved') AND first_seen_us > 0 GROUP BY dataset, stage",
         );

@@ -111,12 +111,12 @@ pub struct Depth {
 }
 
 impl Depth {
-    /// How long the oldest unrepaired divergence has waited at `now_us` (microseconds);
-    /// `None` when nothing waits (dead entries alone are not lag: no repairer will take them).
-    pub fn lag_us(&self, now_us: i64) -> Option<i64> {
+    /// How long the oldest unrepaired divergence has waited at `now_us`; `None` when
+    /// nothing waits (dead entries alone are not lag: no repairer will take them).
+    pub fn lag(&self, now_us: i64) -> Option<std::time::Duration> {
         self.oldest_first_seen_us
             .filter(|_| self.live + self.stale > 0)
-            .map(|us| now_us.saturating_sub(us).max(0))
+            .map(|us| std::time::Duration::from_micros(u64::try_from(now_us.saturating_sub(us)).unwrap_or(0)))
     }
 }
 

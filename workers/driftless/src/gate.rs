@@ -64,7 +64,7 @@ fn judge(state: &StageState, args: &GateArgs, now: i64) -> Verdict {
         None => reasons.push("no finished run has covered this stage".to_owned()),
         Some(run) => judge_run(run, args, &mut reasons),
     }
-    let lag = state.depth.lag_us(now).map(|us| since(now - us, now));
+    let lag = state.depth.lag(now);
     if let (Some(max), Some(lag)) = (args.max_lag, lag)
         && lag > max
     {

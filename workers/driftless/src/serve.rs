@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use driftless_engine::{EngineError, Supervisor};
 
-use crate::api::{ApiState, ApiWorker};
+use crate::api::ApiWorker;
 use crate::config;
 use crate::heartbeat::Heartbeat;
 use crate::open::open_control;
@@ -19,8 +19,7 @@ pub async fn run(common: &Common, args: &ServeArgs) -> Result<bool> {
     let loaded = Arc::new(config::load(&common.config)?);
     let control = open_control(&loaded).await?;
     let shutdown = signals::listen(loaded.config.shutdown_grace());
-    let state = ApiState::new(loaded.clone(), control.clone())?;
-    let mut api = ApiWorker::bind(args.listen, state, shutdown.clone()).await?;
+    let mut api = ApiWorker::start(args.listen, loaded.clone(), control.clone(), shutdown.clone()).await?;
     let mut heartbeat = Heartbeat::new(control, run::worker_id(), vec!["serve"]);
     let mut supervisor = Supervisor::new(&shutdown);
     supervisor.add(&mut api).add(&mut heartbeat);

@@ -18,7 +18,7 @@ use driftless_engine::segment::SegmentWorker;
 use driftless_engine::{EngineError, Mode, Shutdown, Supervisor, WorkContext, Worker, WorkerState};
 use tracing::{info, warn};
 
-use crate::api::{ApiState, ApiWorker};
+use crate::api::ApiWorker;
 use crate::config::{self, Loaded};
 use crate::heartbeat::Heartbeat;
 use crate::open::open_control;
@@ -52,7 +52,10 @@ pub async fn run(common: &Common, args: &WorkerArgs) -> Result<bool> {
         true => Some(ScheduleWorker::new(&loaded, control.clone())?),
         false => None,
     };
-    let mut api = api(args, &loaded, &control, &shutdown).await?;
+    let mut api = match args.listen {
+        Some(addr) => Some(ApiWorker::start(addr, loaded.clone(), control.clone(), shutdown.clone()).await?),
+        None => None,
+    };
     let mut driver = RunDriver {
         loaded: &loaded,
         control: control.clone(),
@@ -102,20 +105,6 @@ fn modes(args: &WorkerArgs) -> Vec<Mode> {
             Role::Schedule => None,
         })
         .collect()
-}
-
-/// The API worker, bound, with `--listen`.
-async fn api(
-    args: &WorkerArgs,
-    loaded: &Arc<Loaded>,
-    control: &ControlPlane,
-    shutdown: &Shutdown,
-) -> Result<Option<ApiWorker>> {
-    let Some(addr) = args.listen else {
-        return Ok(None);
-    };
-    let state = ApiState::new(loaded.clone(), control.clone())?;
-    Ok(Some(ApiWorker::bind(addr, state, shutdown.clone()).await?))
 }
 
 /// The roles as the heartbeat records them (`serve` with `--listen`).

@@ -25,6 +25,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use driftless_control::ControlPlane;
+use driftless_engine::blackout::Blackouts;
 use driftless_engine::{EngineError, Shutdown, WorkContext, Worker, WorkerState};
 
 pub use auth::{TOKENS_ENV, Tokens};
@@ -50,6 +51,36 @@ pub struct Shared {
     pub tokens: Tokens,
     /// Whether it is served over TLS (the login cookie is then `Secure`).
     pub tls: bool,
+    /// Every configured stage, in config order, with its maintenance windows (resolved once:
+    /// the config does not change while the process runs).
+    pub stages: Vec<ConfiguredStage>,
+}
+
+/// A stage of the config as the API reports it.
+#[derive(Debug)]
+pub struct ConfiguredStage {
+    /// The dataset.
+    pub dataset: String,
+    /// The stage.
+    pub stage: String,
+    /// Its maintenance windows.
+    pub blackout: Blackouts,
+}
+
+/// Every stage of `loaded`, with its windows.
+fn configured_stages(loaded: &Loaded) -> Result<Vec<ConfiguredStage>> {
+    let source = loaded.source();
+    let mut stages = Vec::new();
+    for d in &loaded.config.datasets {
+        for s in &d.stages {
+            stages.push(ConfiguredStage {
+                dataset: d.name.get_ref().clone(),
+                stage: s.stage_name().to_owned(),
+                blackout: d.policy(s, &source)?.blackout,
+            });
+        }
+    }
+    Ok(stages)
 }
 
 impl Deref for ApiState {
@@ -74,11 +105,13 @@ impl ApiState {
             );
         }
         let tls = serve.tls_cert.is_some();
+        let stages = configured_stages(&loaded)?;
         Ok(ApiState(Arc::new(Shared {
             loaded,
             control,
             tokens,
             tls,
+            stages,
         })))
     }
 }
@@ -120,6 +153,16 @@ impl std::fmt::Debug for ApiWorker {
 }
 
 impl ApiWorker {
+    /// The API over `control` for `loaded`, bound to `addr`: its tokens read, its port taken.
+    pub async fn start(
+        addr: SocketAddr,
+        loaded: Arc<Loaded>,
+        control: ControlPlane,
+        shutdown: Shutdown,
+    ) -> Result<ApiWorker> {
+        ApiWorker::bind(addr, ApiState::new(loaded, control)?, shutdown).await
+    }
+
     /// Binds `addr` (so a taken port is an error at once) and reads `[serve]`'s TLS files.
     pub async fn bind(addr: SocketAddr, state: ApiState, shutdown: Shutdown) -> Result<ApiWorker> {
         let listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;

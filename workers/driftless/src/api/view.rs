@@ -111,28 +111,18 @@ pub async fn stages(api: &ApiState) -> Result<Vec<StageView>, ApiError> {
     let wall = chrono::Utc::now();
     let repairs = running_repairs(api).await?;
     let mut views = Vec::new();
-    for d in &api.loaded.config.datasets {
-        for s in &d.stages {
-            let (dataset, stage) = (d.name.get_ref().clone(), s.stage_name().to_owned());
-            let state = api.control.stage_state(&dataset, &stage).await?;
-            let lag = state
-                .depth
-                .lag_us(now)
-                .map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0)));
-            let blackout = d
-                .policy(s, &api.loaded.source())
-                .map(|p| p.blackout.is_inside(wall))
-                .unwrap_or(false);
-            let repairing = repairs.iter().any(|r| covers(r, &dataset, &stage));
-            views.push(StageView {
-                dataset,
-                stage,
-                state,
-                lag,
-                blackout,
-                repairing,
-            });
-        }
+    for configured in &api.stages {
+        let (dataset, stage) = (configured.dataset.clone(), configured.stage.clone());
+        let state = api.control.stage_state(&dataset, &stage).await?;
+        let repairing = repairs.iter().any(|r| covers(r, &dataset, &stage));
+        views.push(StageView {
+            lag: state.depth.lag(now),
+            blackout: configured.blackout.is_inside(wall),
+            dataset,
+            stage,
+            state,
+            repairing,
+        });
     }
     Ok(views)
 }

@@ -117,7 +117,7 @@ impl Tokens {
     /// The `Set-Cookie` value that logs a browser in with `token`, when `token` is known.
     pub fn login_cookie(&self, token: &str, secure: bool) -> Option<String> {
         self.access(token)?;
-        let hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
+        let hex = super::hex::encode(token.as_bytes());
         let secure = if secure { "; Secure" } else { "" };
         Some(format!(
             "{COOKIE_PREFIX}{hex}; Path=/; HttpOnly; SameSite=Strict{secure}"
@@ -142,11 +142,7 @@ impl Tokens {
 const COOKIE_PREFIX: &str = "driftless_token=";
 
 fn unhex(text: &str) -> Option<String> {
-    let bytes = (0..text.len())
-        .step_by(2)
-        .map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect::<Option<Vec<u8>>>()?;
-    String::from_utf8(bytes).ok()
+    String::from_utf8(super::hex::decode(text)?).ok()
 }
 
 fn base64_decode(text: &str) -> Option<String> {

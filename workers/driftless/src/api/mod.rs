@@ -9,6 +9,7 @@
 
 mod auth;
 mod error;
+mod hex;
 mod metrics;
 mod page;
 mod request;

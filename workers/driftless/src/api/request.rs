@@ -154,22 +154,7 @@ pub fn cursor(query: &HashMap<String, String>) -> Result<Option<Vec<u8>>, ApiErr
     let Some(text) = query.get("after").filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
-    let bad = || ApiError::bad_field("after", "after must be the `next` cursor of the previous page");
-    if text.len() % 2 != 0 {
-        return Err(bad());
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(bad)
-        })
-        .collect::<Result<Vec<u8>, _>>()
+    super::hex::decode(text)
         .map(Some)
-}
-
-/// A page cursor: the hex of a key's encoding.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+        .ok_or_else(|| ApiError::bad_field("after", "after must be the `next` cursor of the previous page"))
 }

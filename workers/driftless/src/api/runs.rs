@@ -87,7 +87,7 @@ pub async fn divergences(
         .run_divergence_page(&id, &dataset, stage, after.as_deref(), limit)
         .await?;
     let next = (page.len() == limit as usize)
-        .then(|| page.last().map(|e| request::hex(&e.key_bytes)))
+        .then(|| page.last().map(|e| super::hex::encode(&e.key_bytes)))
         .flatten();
     let list: Vec<Json> = page
         .into_iter()

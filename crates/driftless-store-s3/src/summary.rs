@@ -11,12 +11,18 @@
 use std::collections::VecDeque;
 
 use driftless_core::{Aggregate, Boundaries, Key, KeyRange, RowHasher, Tree};
-use driftless_store::object::ObjectColumn;
+use driftless_store::object::{ObjectColumn, ObjectMeta};
 use driftless_store::{Sample, Schema, StoreError};
+use futures::StreamExt;
 
 use crate::S3Store;
 use crate::layout::{Piece, SMALL_FOLDER_KEYS};
 use crate::list::Cursor;
+
+/// Folders the first listing reads at once, beyond the first.
+const FOLDERS_IN_FLIGHT: usize = 8;
+/// Pages of one folder listed before the fold reaches it: the buffer per folder in flight.
+const PAGES_AHEAD: usize = 2;
 
 /// The most runs a summary holds (their first keys and aggregates: about 100 bytes each).
 const MAX_RUNS: usize = 1 << 14;
@@ -119,6 +125,10 @@ impl S3Store {
         self.summary.get_or_try_init(|| self.list_summary(schema)).await
     }
 
+    /// Lists the whole copy into a summary. The first piece is listed alone (a small first
+    /// folder sends the rest to one flat listing); the others are listed
+    /// [`FOLDERS_IN_FLIGHT`] at once, each up to [`PAGES_AHEAD`] pages ahead, and folded in
+    /// key order.
     async fn list_summary(&self, schema: &Schema) -> Result<Summary, StoreError> {
         let columns = self.columns(schema)?;
         let hasher = self
@@ -127,52 +137,117 @@ impl S3Store {
             .clone()
             .unwrap_or_else(|| RowHasher::new(Default::default(), 0));
         let mut summary = Summary::new(columns.clone(), hasher.algorithm());
-        let all = KeyRange::all();
-        let mut pieces: VecDeque<Piece> = self.pieces(&all, None).await?.into();
-        while let Some(piece) = pieces.pop_front() {
-            let folder = matches!(piece, Piece::List(_));
-            let listed = self
-                .fold(
-                    &mut summary,
-                    Cursor::new(all.clone(), vec![piece], None),
-                    &columns,
-                    &hasher,
-                )
-                .await?;
-            // Small folders cost more requests than they save: the rest in one flat listing.
-            if folder
-                && listed < SMALL_FOLDER_KEYS
-                && let Some(next) = pieces.front()
-            {
-                let rest = KeyRange {
-                    lo: Some(Key::text(next.start())),
-                    hi: None,
-                };
-                let flat = Cursor::new(rest, vec![Piece::List(String::new())], None);
-                self.fold(&mut summary, flat, &columns, &hasher).await?;
-                break;
-            }
+        let mut pieces: VecDeque<Piece> = self.pieces(&KeyRange::all(), None).await?.into();
+        let Some(first) = pieces.pop_front() else {
+            return Ok(summary);
+        };
+        let mut starts: VecDeque<String> = pieces.iter().map(|p| p.start().to_owned()).collect();
+        let mut small = self
+            .fold_piece(&mut summary, self.list_ahead(first).await?, &columns, &hasher)
+            .await?;
+        let mut ahead = futures::stream::iter(pieces)
+            .map(|piece| self.list_ahead(piece))
+            .buffered(FOLDERS_IN_FLIGHT);
+        while !small {
+            let Some(listed) = ahead.next().await else {
+                return Ok(summary);
+            };
+            starts.pop_front();
+            small = self.fold_piece(&mut summary, listed?, &columns, &hasher).await?;
+        }
+        // Small folders cost more requests than they save: the rest in one flat listing.
+        drop(ahead);
+        if let Some(next) = starts.front() {
+            let rest = KeyRange {
+                lo: Some(Key::text(next)),
+                hi: None,
+            };
+            let flat = Cursor::new(rest, vec![Piece::List(String::new())], None);
+            self.fold(
+                &mut summary,
+                Ahead {
+                    folder: false,
+                    pages: Vec::new(),
+                    cursor: flat,
+                },
+                &columns,
+                &hasher,
+            )
+            .await?;
         }
         Ok(summary)
     }
 
-    /// Folds every object `cursor` lists into `summary`; returns how many.
+    /// The first pages of one piece, listed ahead of the fold.
+    async fn list_ahead(&self, piece: Piece) -> Result<Ahead, StoreError> {
+        let folder = matches!(piece, Piece::List(_));
+        let mut cursor = Cursor::new(KeyRange::all(), vec![piece], None);
+        let mut pages = Vec::new();
+        while pages.len() < PAGES_AHEAD {
+            match self.next_page(&mut cursor).await? {
+                Some(page) => pages.push(page),
+                None => break,
+            }
+        }
+        Ok(Ahead { folder, pages, cursor })
+    }
+
+    /// Folds one piece; whether it was a folder too small to list the rest folder by folder.
+    async fn fold_piece(
+        &self,
+        summary: &mut Summary,
+        ahead: Ahead,
+        columns: &[ObjectColumn],
+        hasher: &RowHasher,
+    ) -> Result<bool, StoreError> {
+        let folder = ahead.folder;
+        let listed = self.fold(summary, ahead, columns, hasher).await?;
+        Ok(folder && listed < SMALL_FOLDER_KEYS)
+    }
+
+    /// Folds the pages listed ahead, then every further page of the cursor, into `summary`;
+    /// returns how many objects.
     async fn fold(
         &self,
         summary: &mut Summary,
-        mut cursor: Cursor,
+        ahead: Ahead,
         columns: &[ObjectColumn],
         hasher: &RowHasher,
     ) -> Result<u64, StoreError> {
+        let Ahead { pages, mut cursor, .. } = ahead;
         let mut listed = 0;
+        for page in pages {
+            listed += self.fold_page(summary, page, columns, hasher).await?;
+        }
         while let Some(page) = self.next_page(&mut cursor).await? {
-            for (key, digest) in self.digest_page(page, columns, hasher).await? {
-                summary.add(key, digest);
-                listed += 1;
-            }
+            listed += self.fold_page(summary, page, columns, hasher).await?;
         }
         Ok(listed)
     }
+
+    async fn fold_page(
+        &self,
+        summary: &mut Summary,
+        page: Vec<ObjectMeta>,
+        columns: &[ObjectColumn],
+        hasher: &RowHasher,
+    ) -> Result<u64, StoreError> {
+        let digested = self.digest_page(page, columns, hasher).await?;
+        let n = digested.len() as u64;
+        for (key, digest) in digested {
+            summary.add(key, digest);
+        }
+        Ok(n)
+    }
+}
+
+/// One piece's listing, its first pages already read.
+struct Ahead {
+    /// Whether the piece is a folder (not the top-level objects).
+    folder: bool,
+    pages: Vec<Vec<ObjectMeta>>,
+    /// Where the piece's listing goes on after `pages`.
+    cursor: Cursor,
 }
 
 #[cfg(test)]

@@ -7,9 +7,12 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use driftless_control::Detected;
+use driftless_control::{ControlError, Detected};
 use driftless_core::{Divergence, DivergenceKind, Key, KeyDivergence, KeyRange, by_key};
 use driftless_store::{Progress, Schema};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::context::{RunContext, now_us};
@@ -21,6 +24,10 @@ use crate::worker::{Latch, WorkContext, Worker, WorkerState};
 
 /// Keys a scoped run compares per point-read batch.
 const KEY_BATCH: usize = 1000;
+/// Chunks compared at once by a detection: reads of divergent ranges wait on the copies
+/// (a listing, a query), so a few in flight keep both copies busy. Each holds at most one
+/// chunk's divergences.
+const COMPARES_IN_FLIGHT: usize = 4;
 /// How often paused detection looks at the queue depth again (sooner when a repairer
 /// signals).
 const BACKPRESSURE_POLL: Duration = Duration::from_millis(50);
@@ -47,6 +54,21 @@ pub(crate) fn chunks(source: &Source) -> Vec<Chunk<'_>> {
         Source::Ranges(ranges) => ranges.iter().map(Chunk::Range).collect(),
         Source::Keys(keys) => keys.chunks(KEY_BATCH).map(Chunk::Keys).collect(),
     }
+}
+
+/// The row-level divergences of every chunk of `source`, in order, with up to
+/// [`COMPARES_IN_FLIGHT`] chunks read at once.
+pub(crate) fn compared<'a>(
+    plan: &'a DatasetPlan,
+    schema: &'a Schema,
+    stage: &'a CopyRef,
+    source: &'a Source,
+    progress: &'a Progress,
+) -> BoxStream<'a, Result<Vec<Divergence>, EngineError>> {
+    futures::stream::iter(chunks(source))
+        .map(move |chunk| async move { compare_chunk(plan, schema, stage, &chunk, progress).await })
+        .buffered(COMPARES_IN_FLIGHT)
+        .boxed()
 }
 
 /// The row-level divergences of one chunk, read from both copies.
@@ -138,7 +160,10 @@ pub(crate) struct DetectWorker<'a> {
     pub(crate) ctx: &'a RunContext,
     pub(crate) schema: &'a Schema,
     pub(crate) stage: &'a CopyRef,
-    pub(crate) chunks: std::vec::IntoIter<Chunk<'a>>,
+    /// Each chunk's divergences, compared ahead ([`compared`]).
+    pub(crate) compared: BoxStream<'a, Result<Vec<Divergence>, EngineError>>,
+    /// The previous chunk's enqueue, still running while the next chunk is compared.
+    pub(crate) queueing: Option<JoinHandle<Result<(), ControlError>>>,
     /// Stage keys repeating a commit id: reported as duplicates.
     pub(crate) duplicates: &'a HashSet<Key>,
     /// Whether a repairer drains the queue meanwhile, so that detection may pause.
@@ -164,12 +189,13 @@ impl Worker for DetectWorker<'_> {
             self.found.paused += since.elapsed();
             self.paused_since = None;
         }
-        let Some(chunk) = self.chunks.next() else {
+        let Some(divergences) = self.compared.next().await else {
+            self.queued().await?;
             self.finished.raise();
             cx.signal();
             return Ok(WorkerState::Done);
         };
-        let queued = self.step(&chunk).await?;
+        let queued = self.step(divergences?).await?;
         if queued {
             // A repairer may be waiting for entries.
             cx.signal();
@@ -183,11 +209,12 @@ impl Worker for DetectWorker<'_> {
 }
 
 impl DetectWorker<'_> {
-    /// Compares one chunk and queues its divergent keys; whether any were queued.
-    async fn step(&mut self, chunk: &Chunk<'_>) -> Result<bool, EngineError> {
+    /// Queues one chunk's divergent keys once the previous chunk's are queued, and returns
+    /// while they are written, so the next chunk is compared meanwhile (with backpressure on,
+    /// once they are written). Whether entries reached the queue meanwhile.
+    async fn step(&mut self, mut divergences: Vec<Divergence>) -> Result<bool, EngineError> {
         let (plan, ctx) = (self.plan, self.ctx);
         let key_names = self.schema.key_names();
-        let mut divergences = compare_chunk(plan, self.schema, self.stage, chunk, &ctx.options.progress).await?;
         let mut keys = by_key(&divergences);
         mark_duplicates(&mut divergences, &mut keys, self.duplicates);
         let queued: Vec<Detected> = keys
@@ -201,28 +228,49 @@ impl DetectWorker<'_> {
                 stage_sum: k.stage.sum,
             })
             .collect();
+        let before = self.queued().await?;
         if !queued.is_empty() {
-            ctx.control
-                .enqueue(&ctx.run_id, &plan.name, &self.stage.name, now_us(), &queued)
-                .await
-                .map_err(|error| EngineError::Control {
-                    dataset: plan.name.clone(),
-                    error,
-                })?;
+            let (control, run_id) = (ctx.control.clone(), ctx.run_id.clone());
+            let (dataset, stage) = (plan.name.clone(), self.stage.name.clone());
+            self.queueing = Some(tokio::spawn(async move {
+                control.enqueue(&run_id, &dataset, &stage, now_us(), &queued).await
+            }));
         }
         self.found.add(divergences, keys, ctx.options.report_limit);
-        Ok(!queued.is_empty())
+        // Backpressure looks at the queue after every chunk: no writing behind it then.
+        if self.pausable {
+            return Ok(self.queued().await? || before);
+        }
+        Ok(before)
+    }
+
+    /// Waits for the enqueue in flight, if any; whether there was one.
+    async fn queued(&mut self) -> Result<bool, EngineError> {
+        let Some(task) = self.queueing.take() else {
+            return Ok(false);
+        };
+        let control_error = |error| EngineError::Control {
+            dataset: self.plan.name.clone(),
+            error,
+        };
+        match task.await {
+            Ok(result) => result.map_err(control_error).map(|()| true),
+            Err(e) => Err(EngineError::Worker {
+                worker: self.name(),
+                reason: format!("queueing a chunk's divergences failed: {e}"),
+            }),
+        }
     }
 
     /// This run's live queue depth for the stage.
-    async fn live_depth(&self) -> Result<u64, EngineError> {
-        self.ctx
-            .control
-            .run_backlog(&self.ctx.run_id, &self.plan.name, &self.stage.name)
+    async fn live_depth(&mut self) -> Result<u64, EngineError> {
+        let (ctx, plan, stage) = (self.ctx, self.plan, self.stage);
+        ctx.control
+            .run_backlog(&ctx.run_id, &plan.name, &stage.name)
             .await
             .map(|(n, _)| n)
             .map_err(|error| EngineError::Control {
-                dataset: self.plan.name.clone(),
+                dataset: plan.name.clone(),
                 error,
             })
     }

@@ -29,7 +29,7 @@ use tracing::info;
 use crate::compensate::{Compiled, compile};
 use crate::context::{RunContext, now_us};
 use crate::detect::{duplicate_commits, scoped_keys};
-use crate::detector::{DetectWorker, Found, Source, chunks, compare_chunk};
+use crate::detector::{DetectWorker, Found, Source, chunks, compare_chunk, compared};
 use crate::error::{EngineError, canonical_label, stage_label};
 use crate::outcome::{record_metrics, repair_report};
 use crate::pace::Pacer;
@@ -206,7 +206,8 @@ async fn run_stage(
         ctx,
         schema,
         stage,
-        chunks: chunks(&source).into_iter(),
+        compared: compared(plan, schema, stage, &source, &ctx.options.progress),
+        queueing: None,
         duplicates: &duplicates,
         pausable: early,
         finished: detected.clone(),

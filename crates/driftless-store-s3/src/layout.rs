@@ -174,6 +174,21 @@ impl S3Store {
         Ok(listed)
     }
 
+    /// The names of the copy's folders in key order, when it has a layout.
+    pub(crate) async fn folders(&self) -> Result<Option<Vec<String>>, StoreError> {
+        let layout = self.layout().await?;
+        Ok(layout.as_ref().as_ref().map(|layout| {
+            layout
+                .entries
+                .iter()
+                .filter_map(|e| match e {
+                    Entry::Folder(name) => Some(name.clone()),
+                    Entry::Object(_) => None,
+                })
+                .collect()
+        }))
+    }
+
     /// Drops the layout, after a write that may have changed it.
     pub(crate) async fn forget_layout(&self) {
         *self.layout.lock().await = None;

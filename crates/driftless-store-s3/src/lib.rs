@@ -175,6 +175,8 @@ impl S3Store {
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(&self.prefix)
+            // Delimited, so that a server need not consider every object of the copy.
+            .delimiter("/")
             .max_keys(1)
             .send()
             .await

@@ -8,12 +8,13 @@
 //! one listing from end to end.
 
 use driftless_core::tree::LeafBuilder;
-use driftless_core::{Boundaries, RowHasher, Tree};
+use driftless_core::{Boundaries, Key, KeyRange, RowHasher, Tree};
 use driftless_store::object::ObjectColumn;
 use driftless_store::{Progress, StoreError};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::S3Store;
+use crate::layout::SMALL_FOLDER_KEYS;
 use crate::list::{Cursor, PAGE_KEYS};
 
 /// Key ranges a listing is split into, so that a few slow pages do not hold up the rest.
@@ -30,16 +31,12 @@ impl S3Store {
         hasher: &RowHasher,
         progress: &Progress,
     ) -> Result<Tree, StoreError> {
-        let leaves = boundaries.leaf_count();
-        let per_span = leaves_per_span(boundaries);
-        let spans: Vec<(usize, usize)> = (0..leaves)
-            .step_by(per_span)
-            .map(|first| (first, (first + per_span).min(leaves) - 1))
-            .collect();
+        let spans = match self.folder_spans(boundaries).await? {
+            Some(spans) => spans,
+            None => leaf_spans(boundaries),
+        };
         let parts: Vec<Tree> = futures::stream::iter(spans)
-            .map(|(first, last)| async move {
-                let expected = boundaries.leaf_rows().map(|rows| rows * (last - first + 1) as u64);
-                let span = boundaries.span(first, last);
+            .map(|(span, expected)| async move {
                 let mut cursor = Cursor::new(span.clone(), self.pieces(&span, expected).await?, expected);
                 let mut builder = LeafBuilder::new(boundaries);
                 while let Some(page) = self.next_page(&mut cursor).await? {
@@ -62,6 +59,53 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// Spans of whole folders, about [`RANGES_PER_LIST`] of them, when the copy has a layout
+    /// whose folders are not small: every folder is then listed by one run of pages, none
+    /// split between two spans (a split costs a request more). A span's pages are full
+    /// ones, as it ends where its last folder does. `None` otherwise.
+    async fn folder_spans(&self, boundaries: &Boundaries) -> Result<Option<Vec<(KeyRange, Option<u64>)>>, StoreError> {
+        let Some(folders) = self.folders().await?.filter(|f| f.len() > 1) else {
+            return Ok(None);
+        };
+        let rows = boundaries.leaf_rows().map(|r| r * boundaries.leaf_count() as u64);
+        if rows.is_none_or(|rows| rows / (folders.len() as u64) < SMALL_FOLDER_KEYS) {
+            return Ok(None);
+        }
+        let per_span = folders.len().div_ceil(RANGES_PER_LIST as usize);
+        let mut starts: Vec<Option<Key>> = vec![None];
+        starts.extend(
+            folders
+                .iter()
+                .skip(per_span)
+                .step_by(per_span)
+                .map(|f| Some(Key::text(f))),
+        );
+        let ends = starts.iter().skip(1).cloned().chain([None]);
+        let spans = starts
+            .iter()
+            .cloned()
+            .zip(ends)
+            .map(|(lo, hi)| (KeyRange { lo, hi }, None));
+        Ok(Some(spans.collect()))
+    }
+}
+
+/// Spans of about [`RANGES_PER_LIST`] runs of whole leaves, each expected to hold what its
+/// leaves do.
+fn leaf_spans(boundaries: &Boundaries) -> Vec<(KeyRange, Option<u64>)> {
+    let leaves = boundaries.leaf_count();
+    let per_span = leaves_per_span(boundaries);
+    (0..leaves)
+        .step_by(per_span)
+        .map(|first| {
+            let last = (first + per_span).min(leaves) - 1;
+            let expected = boundaries.leaf_rows().map(|rows| rows * (last - first + 1) as u64);
+            (boundaries.span(first, last), expected)
+        })
+        .collect()
+}
+
 /// Leaves per listed span: a little under a whole number of pages of expected keys, or an
 /// even share of the leaves when a leaf's rows are not known.
 fn leaves_per_span(boundaries: &Boundaries) -> usize {
@@ -81,7 +125,6 @@ fn leaves_per_span(boundaries: &Boundaries) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use driftless_core::Key;
 
     fn boundaries(leaves: usize) -> Boundaries {
         Boundaries::from_sorted((1..leaves).map(|i| Key::text(&format!("k{i:06}"))).collect())

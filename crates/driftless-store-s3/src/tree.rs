@@ -1,11 +1,13 @@
 //! A copy's tree by listing, in parallel key ranges.
 //!
-//! The leaves are grouped into about [`RANGES_PER_LIST`] contiguous spans, listed
+//! The key space is cut into about [`RANGES_PER_LIST`] contiguous spans, listed
 //! [`LISTS_IN_FLIGHT`] at a time, each folded into a partial tree as its pages arrive; the
-//! partial trees are then merged (leaf aggregates add). Memory is one page per span in
-//! flight. When the boundaries say how many rows a leaf expects, a span is cut to a little
-//! under a whole number of pages, so that listing in spans costs hardly more requests than
-//! one listing from end to end.
+//! partial trees are then merged (leaf aggregates add, so a leaf may straddle two spans).
+//! Memory is one page per span in flight. A copy listed folder by folder is cut between
+//! folders, so no folder costs a second run of requests. Otherwise spans are runs of
+//! leaves, and when the boundaries say how many rows a leaf expects, a span is cut to a
+//! little under a whole number of pages, so that listing in spans costs hardly more
+//! requests than one listing from end to end.
 
 use driftless_core::tree::LeafBuilder;
 use driftless_core::{Boundaries, Key, KeyRange, RowHasher, Tree};

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use driftless_core::tree::LeafBuilder;
-use driftless_core::{Boundaries, Digest, DigestAlgorithm, RowHasher, Tree, Value};
+use driftless_core::{Boundaries, Digest, DigestAlgorithm, Key, RowHasher, Tree, Value};
 use driftless_store::object::{BodyHasher, Fingerprint, ObjectColumn};
 use driftless_store::{CompareMode, DigestBatch, StoreError};
 use rayon::prelude::*;
@@ -109,8 +109,15 @@ impl Job {
         }
     }
 
-    /// The digest of one row.
-    fn digest(&self, entry: &Entry, s: &mut Scratch) -> Result<Digest, StoreError> {
+    /// The key and digest of one row.
+    fn keyed(&self, entry: &Entry, s: &mut Scratch) -> Result<(Key, Digest), StoreError> {
+        let key = entry.key();
+        let digest = self.digest(entry, &key, s)?;
+        Ok((key, digest))
+    }
+
+    /// The digest of one row with `key`.
+    fn digest(&self, entry: &Entry, key: &Key, s: &mut Scratch) -> Result<Digest, StoreError> {
         let size = self.read_row(entry, s).map_err(|e| self.read_error(entry, &e))?;
         for (col, value) in self.columns.iter().zip(&mut s.values) {
             match (col, value) {
@@ -120,7 +127,7 @@ impl Job {
                 (Col::Content, v) => *v = Value::Bytes(s.hash.clone()),
             }
         }
-        Ok(self.hasher.digest_row(entry.key.as_bytes(), &s.values, &mut s.encoded))
+        Ok(self.hasher.digest_row(key.as_bytes(), &s.values, &mut s.encoded))
     }
 
     /// Reads what the selected columns need of one row: returns its size and leaves the
@@ -133,7 +140,7 @@ impl Job {
         }
         s.path.clear();
         s.path.push(&*self.root);
-        s.path.push(&entry.path);
+        s.path.push(&*entry.path);
         let algorithm = self.content;
         s.hash.clear();
         let size = match entry.kind {
@@ -172,7 +179,7 @@ impl Job {
             .map_init(
                 || self.scratch(),
                 |s, chunk| {
-                    let batch = chunk.iter().map(|e| Ok((e.key.clone(), self.digest(e, s)?))).collect();
+                    let batch = chunk.iter().map(|e| self.keyed(e, s)).collect();
                     progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     batch
                 },
@@ -183,10 +190,7 @@ impl Job {
     /// The `(key, digest)` of each entry, in the order given. Blocking.
     pub(crate) fn digest_entries(&self, entries: &[Entry]) -> Result<DigestBatch, StoreError> {
         let mut s = self.scratch();
-        entries
-            .iter()
-            .map(|e| Ok((e.key.clone(), self.digest(e, &mut s)?)))
-            .collect()
+        entries.iter().map(|e| self.keyed(e, &mut s)).collect()
     }
 
     /// `range` of the listing folded into leaves over `boundaries`, or `None` for an empty
@@ -204,7 +208,8 @@ impl Job {
                 |s, chunk| {
                     let mut leaves = LeafBuilder::new(boundaries);
                     for e in chunk {
-                        leaves.add(&e.key, self.digest(e, s)?);
+                        let (key, digest) = self.keyed(e, s)?;
+                        leaves.add(&key, digest);
                     }
                     progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     Ok(leaves.finish())
@@ -220,7 +225,7 @@ impl Job {
     /// The whole values of one row, or `None` if it has vanished since the listing.
     /// Blocking: run it off the runtime.
     pub(crate) fn fetch(&self, entry: &Entry) -> Result<Option<Vec<Value>>, StoreError> {
-        let path = self.root.join(&entry.path);
+        let path = self.root.join(&*entry.path);
         let content = match entry.kind {
             Kind::File => fs::read(&path),
             Kind::Symlink => fs::read_link(&path).map(|t| t.into_os_string().into_encoded_bytes()),

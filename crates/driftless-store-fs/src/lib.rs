@@ -46,7 +46,7 @@ use driftless_store::{
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::digest::{Col, ContentHash, Job};
-use crate::listing::Listing;
+use crate::listing::{Entry, Listing};
 use crate::tasks::{Windows, blocking};
 
 /// The name of the one key column: the file's relative path.
@@ -196,10 +196,10 @@ impl Store for FsStore {
         let listing = self.listing().await?;
         let n = listing.len();
         let keys = if max >= n {
-            listing.iter().map(|e| e.key.clone()).collect()
+            listing.iter().map(Entry::key).collect()
         } else {
             // Evenly spaced: the listing is sorted, so these are its quantiles.
-            (0..max).map(|i| listing[i * n / max].key.clone()).collect()
+            (0..max).map(|i| listing[i * n / max].key()).collect()
         };
         Ok(Sample { keys, rows: n as u64 })
     }

@@ -26,11 +26,16 @@ pub(crate) enum Kind {
 #[derive(Debug)]
 pub(crate) struct Entry {
     /// The relative path with `/` separators.
-    pub path: String,
-    /// `Key::text(path)`, encoded once here so scans neither re-encode nor compare strings.
-    pub key: Key,
+    pub path: Box<str>,
     /// File or symlink.
     pub kind: Kind,
+}
+
+impl Entry {
+    /// The row's key: `Key::text(path)`.
+    pub(crate) fn key(&self) -> Key {
+        Key::text(&self.path)
+    }
 }
 
 /// Every row of a copy, sorted by key.
@@ -91,11 +96,13 @@ pub(crate) fn list(location: &str, root: &Path) -> Result<Listing, StoreError> {
                 relative_lossy(root, item.path())
             ))
         })?;
-        let key = Key::text(&path);
-        entries.push(Entry { path, key, kind });
+        entries.push(Entry {
+            path: path.into_boxed_str(),
+            kind,
+        });
     }
     // Paths are unique, so an unstable sort gives the same order as a stable one.
-    entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    entries.sort_unstable_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     Ok(entries)
 }
 
@@ -133,15 +140,15 @@ fn relative_lossy(root: &Path, path: &Path) -> String {
 
 /// The index range of `listing` whose keys lie in `[lo, hi)`.
 pub(crate) fn slice_bounds(listing: &[Entry], lo: Option<&Key>, hi: Option<&Key>) -> (usize, usize) {
-    let start = lo.map_or(0, |lo| listing.partition_point(|e| &e.key < lo));
-    let end = hi.map_or(listing.len(), |hi| listing.partition_point(|e| &e.key < hi));
+    let start = lo.map_or(0, |lo| listing.partition_point(|e| e.key() < *lo));
+    let end = hi.map_or(listing.len(), |hi| listing.partition_point(|e| e.key() < *hi));
     // A range with hi <= lo is empty rather than inverted.
     (start, end.max(start))
 }
 
 /// The entry with exactly `key`, if any.
 pub(crate) fn find<'l>(listing: &'l [Entry], key: &Key) -> Option<&'l Entry> {
-    listing.binary_search_by(|e| e.key.cmp(key)).ok().map(|i| &listing[i])
+    listing.binary_search_by(|e| e.key().cmp(key)).ok().map(|i| &listing[i])
 }
 
 /// Marks the temporary files a repair writes before renaming them into place; a crash can
@@ -180,9 +187,6 @@ pub(crate) fn entry_at(root: &Path, key: &Key, rel: &str) -> io::Result<Option<E
         Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(20) => return Ok(None),
         Err(e) => return Err(e),
     };
-    Ok(Some(Entry {
-        path: rel.to_owned(),
-        key: key.clone(),
-        kind,
-    }))
+    debug_assert_eq!(Key::text(rel), *key, "a key and its path");
+    Ok(Some(Entry { path: rel.into(), kind }))
 }

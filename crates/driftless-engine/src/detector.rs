@@ -262,7 +262,8 @@ impl DetectWorker<'_> {
         }
     }
 
-    /// This run's live queue depth for the stage.
+    /// This run's live queue depth for the stage. (`&mut`: the compare stream is `Send`
+    /// but not `Sync`, so a shared borrow of the worker cannot be held across an await.)
     async fn live_depth(&mut self) -> Result<u64, EngineError> {
         let (ctx, plan, stage) = (self.ctx, self.plan, self.stage);
         ctx.control

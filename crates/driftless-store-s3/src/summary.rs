@@ -8,8 +8,6 @@
 //! the runs' first keys, so every leaf boundary the engine cuts from it starts a run, and
 //! canonical's tree is the runs folded into leaves: no second listing.
 
-use std::collections::VecDeque;
-
 use driftless_core::{Aggregate, Boundaries, Key, KeyRange, RowHasher, Tree};
 use driftless_store::object::{ObjectColumn, ObjectMeta};
 use driftless_store::{Sample, Schema, StoreError};
@@ -137,43 +135,37 @@ impl S3Store {
             .clone()
             .unwrap_or_else(|| RowHasher::new(Default::default(), 0));
         let mut summary = Summary::new(columns.clone(), hasher.algorithm());
-        let mut pieces: VecDeque<Piece> = self.pieces(&KeyRange::all(), None).await?.into();
-        let Some(first) = pieces.pop_front() else {
+        let pieces = self.pieces(&KeyRange::all(), None).await?;
+        let Some((first, rest)) = pieces.split_first() else {
             return Ok(summary);
         };
-        let mut starts: VecDeque<String> = pieces.iter().map(|p| p.start().to_owned()).collect();
-        let mut small = self
-            .fold_piece(&mut summary, self.list_ahead(first).await?, &columns, &hasher)
-            .await?;
-        let mut ahead = futures::stream::iter(pieces)
-            .map(|piece| self.list_ahead(piece))
-            .buffered(FOLDERS_IN_FLIGHT);
-        while !small {
-            let Some(listed) = ahead.next().await else {
-                return Ok(summary);
-            };
-            starts.pop_front();
-            small = self.fold_piece(&mut summary, listed?, &columns, &hasher).await?;
-        }
-        // Small folders cost more requests than they save: the rest in one flat listing.
-        drop(ahead);
-        if let Some(next) = starts.front() {
-            let rest = KeyRange {
-                lo: Some(Key::text(next)),
-                hi: None,
-            };
-            let flat = Cursor::new(rest, vec![Piece::List(String::new())], None);
-            self.fold(
-                &mut summary,
-                Ahead {
-                    folder: false,
-                    pages: Vec::new(),
-                    cursor: flat,
-                },
-                &columns,
-                &hasher,
+        // The rest is asked for only once the first is folded (and was not small).
+        let mut ahead = futures::stream::once(self.list_ahead(first.clone()))
+            .chain(
+                futures::stream::iter(rest.iter().cloned())
+                    .map(|piece| self.list_ahead(piece))
+                    .buffered(FOLDERS_IN_FLIGHT),
             )
-            .await?;
+            .boxed();
+        let mut next = pieces.iter().skip(1);
+        while let Some(listed) = ahead.next().await {
+            let Ahead { folder, pages, cursor } = listed?;
+            let listed = self.fold(&mut summary, pages, cursor, &columns, &hasher).await?;
+            let following = next.next();
+            // Small folders cost more requests than they save: the rest in one flat listing.
+            if folder
+                && listed < SMALL_FOLDER_KEYS
+                && let Some(following) = following
+            {
+                drop(ahead);
+                let rest = KeyRange {
+                    lo: Some(Key::text(following.start())),
+                    hi: None,
+                };
+                let flat = Cursor::new(rest, vec![Piece::List(String::new())], None);
+                self.fold(&mut summary, Vec::new(), flat, &columns, &hasher).await?;
+                break;
+            }
         }
         Ok(summary)
     }
@@ -192,29 +184,16 @@ impl S3Store {
         Ok(Ahead { folder, pages, cursor })
     }
 
-    /// Folds one piece; whether it was a folder too small to list the rest folder by folder.
-    async fn fold_piece(
-        &self,
-        summary: &mut Summary,
-        ahead: Ahead,
-        columns: &[ObjectColumn],
-        hasher: &RowHasher,
-    ) -> Result<bool, StoreError> {
-        let folder = ahead.folder;
-        let listed = self.fold(summary, ahead, columns, hasher).await?;
-        Ok(folder && listed < SMALL_FOLDER_KEYS)
-    }
-
-    /// Folds the pages listed ahead, then every further page of the cursor, into `summary`;
-    /// returns how many objects.
+    /// Folds `pages`, then every further page of `cursor`, into `summary`; returns how many
+    /// objects.
     async fn fold(
         &self,
         summary: &mut Summary,
-        ahead: Ahead,
+        pages: Vec<Vec<ObjectMeta>>,
+        mut cursor: Cursor,
         columns: &[ObjectColumn],
         hasher: &RowHasher,
     ) -> Result<u64, StoreError> {
-        let Ahead { pages, mut cursor, .. } = ahead;
         let mut listed = 0;
         for page in pages {
             listed += self.fold_page(summary, page, columns, hasher).await?;

@@ -59,9 +59,7 @@ impl S3Store {
         }
         Ok(tree)
     }
-}
 
-impl S3Store {
     /// Spans of whole folders, about [`RANGES_PER_LIST`] of them, when the copy has a layout
     /// whose folders are not small: every folder is then listed by one run of pages, none
     /// split between two spans (a split costs a request more). A span's pages are full
@@ -75,21 +73,9 @@ impl S3Store {
             return Ok(None);
         }
         let per_span = folders.len().div_ceil(RANGES_PER_LIST as usize);
-        let mut starts: Vec<Option<Key>> = vec![None];
-        starts.extend(
-            folders
-                .iter()
-                .skip(per_span)
-                .step_by(per_span)
-                .map(|f| Some(Key::text(f))),
-        );
-        let ends = starts.iter().skip(1).cloned().chain([None]);
-        let spans = starts
-            .iter()
-            .cloned()
-            .zip(ends)
-            .map(|(lo, hi)| (KeyRange { lo, hi }, None));
-        Ok(Some(spans.collect()))
+        let cuts = folders.iter().skip(per_span).step_by(per_span).map(|f| Key::text(f));
+        let spans = Boundaries::from_sorted(cuts.collect());
+        Ok(Some((0..spans.leaf_count()).map(|i| (spans.range(i), None)).collect()))
     }
 }
 
